@@ -1,0 +1,39 @@
+"""The ``shufflenet`` command line: one sub-command module per area, dispatched here.
+
+Each module in ``COMMAND_MODULES`` has ``register(subparsers)``, which adds its sub-commands and
+sets ``func`` (a function taking the parsed arguments and returning the exit status).
+Errors a user can cause raise ``UserError``: printed as one line, exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import UserError
+
+COMMAND_MODULES = ("zoo",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="shufflenet", description="ShuffleNet V1/V2/V2+ model zoo and tools.")
+    parser.add_argument("--version", action="version", version=f"shufflenet {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as error:
+        print(f"shufflenet {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"shufflenet {args.command}: interrupted", file=sys.stderr)
+        return 130

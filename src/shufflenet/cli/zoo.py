@@ -1,0 +1,93 @@
+"""``shufflenet list`` and ``shufflenet info``: the zoo, with our counts beside the published ones."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..complexity import complexity
+from ..errors import UserError
+from ..models.registry import get_spec, list_models
+from .table import format_table
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("list", help="list model names", description="List the registered model names.")
+    p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'shufflenet_v1_g3*'")
+    p.set_defaults(func=run_list)
+
+    p = subparsers.add_parser(
+        "info",
+        help="parameters and multiply-adds beside the published numbers",
+        description="Count parameters and multiply-adds (the papers' FLOPs) and compare with the published values.",
+    )
+    p.add_argument("models", nargs="*", metavar="MODEL", help="names or patterns (default: every model)")
+    p.add_argument("--input-size", type=int, default=224, help="square input size in pixels (default 224)")
+    p.add_argument("--json", action="store_true", help="one JSON object per model instead of a table")
+    p.set_defaults(func=run_info)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    names = list_models(args.pattern)
+    if not names:
+        raise UserError(f"no model matches {args.pattern!r}")
+    print("\n".join(names))
+    return 0
+
+
+def model_info(name: str, input_size: int = 224) -> dict:
+    """Our parameter and MAC counts beside the reference values of one registered model."""
+    spec = get_spec(name)
+    ours = complexity(spec.build(), input_size)
+    return {
+        "model": spec.name,
+        "family": spec.family,
+        "params": ours.params,
+        "macs": ours.macs,
+        "input_size": input_size,
+        "reference": {q: dict(zip(("value", "source"), r)) for q in ("params", "macs") if (r := spec.reference(q))},
+        "top1": {r.source: r.top1 for r in spec.references if r.top1 is not None},
+        "preprocessing": spec.preprocessing.to_dict(),
+    }
+
+
+def _expand(patterns: list[str]) -> list[str]:
+    if not patterns:
+        return list_models()
+    names: list[str] = []
+    for pattern in patterns:
+        found = list_models(pattern) if any(c in pattern for c in "*?[") else [get_spec(pattern).name]
+        if not found:
+            raise UserError(f"no model matches {pattern!r}")
+        names += [n for n in found if n not in names]
+    return names
+
+
+def _delta(ours: int, ref: int | None) -> str | None:
+    return None if not ref else f"{100 * (ours / ref - 1):+.1f}%"
+
+
+def run_info(args: argparse.Namespace) -> int:
+    if args.input_size < 32:
+        raise UserError(f"--input-size must be at least 32, got {args.input_size}")
+    infos = [model_info(name, args.input_size) for name in _expand(args.models)]
+    if args.json:
+        for info in infos:
+            print(json.dumps(info))
+        return 0
+    rows = []
+    for info in infos:
+        params, macs = info["reference"].get("params", {}), info["reference"].get("macs", {})
+        rows.append([
+            info["model"],
+            f"{info['params'] / 1e6:.3f}M",
+            f"{params['value'] / 1e6:.3f}M ({params['source']})" if params else None,
+            _delta(info["params"], params.get("value")),
+            f"{info['macs'] / 1e6:.1f}M",
+            f"{macs['value'] / 1e6:.1f}M ({macs['source']})" if macs else None,
+            _delta(info["macs"], macs.get("value")),
+            " ".join(f"{k} {v:g}" for k, v in info["top1"].items()) or None,
+        ])
+    headers = ["model", "params", "published", "Δ", f"MACs@{args.input_size}", "published", "Δ", "ImageNet top-1"]
+    print(format_table(headers, rows))
+    return 0

@@ -1,0 +1,80 @@
+"""Evaluation preprocessing as metadata: every model and every set of weights says what it expects.
+
+A silent preprocessing mismatch is the most common cause of "the pretrained model predicts
+garbage" (Megvii's weights expect BGR 0-255 without normalisation; torchvision's x1.5/x2.0 were
+evaluated at resize 232). Carrying the recipe with the weights makes inference apply it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the short side, centre-crop, scale to [0, 1], normalise, order the channels.
+
+    ``mean``/``std`` are in [0, 1] units; Megvii's unnormalised 0-255 input is ``mean=0, std=1/255``.
+    """
+
+    crop_size: int = 224
+    resize_size: int = 256
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    channel_order: str = "RGB"
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
+
+    def transform(self) -> v2.Compose:
+        """A transform from a PIL image or uint8 tensor (C, H, W) to the model's input tensor."""
+        steps = [
+            v2.ToImage(),
+            v2.Resize(self.resize_size, interpolation=InterpolationMode(self.interpolation), antialias=True),
+            v2.CenterCrop(self.crop_size),
+            *self.tensor_steps(),
+        ]
+        return v2.Compose(steps)
+
+    def tensor_steps(self) -> list[nn.Module]:
+        """The steps after geometry: dtype, normalisation, channel order."""
+        steps: list[nn.Module] = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
+        if self.channel_order == "BGR":
+            steps.append(FlipChannels())
+        return steps
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Preprocessing:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown preprocessing keys {sorted(unknown)}; valid keys: {sorted(known)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+class FlipChannels(nn.Module):
+    """RGB <-> BGR on a (..., 3, H, W) tensor."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(-3)
+
+
+IMAGENET = Preprocessing()
+IMAGENET_RESIZE_232 = Preprocessing(resize_size=232)
+MEGVII = Preprocessing(mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255), channel_order="BGR")
+CIFAR10 = Preprocessing(crop_size=32, resize_size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD)
