@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..data.preprocess import IMAGENET, Preprocessing
+
 
 class ClassifierHead(nn.Module):
     """Global average pooling (any input size), optional dropout, linear classifier ``fc``."""
@@ -43,6 +45,11 @@ class ShuffleNetBase(nn.Module):
     selects which levels ``extract_feat`` returns, and ``frozen_stages = k`` freezes the stem and
     the first ``k`` levels (``-1`` freezes nothing, ``0`` the stem only).
     """
+
+    # Metadata that travels with the weights: set by ``get_model`` and by checkpoint loading.
+    model_name: str | None = None
+    preprocessing: Preprocessing = IMAGENET
+    class_names: tuple[str, ...] | None = None
 
     stem: nn.Module
     stem_pool: nn.Module

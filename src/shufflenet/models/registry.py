@@ -43,7 +43,10 @@ class ModelSpec:
     aliases: tuple[str, ...] = field(default=())
 
     def build(self, **overrides: Any) -> nn.Module:
-        return self.builder(**{**self.kwargs, **overrides})
+        model = self.builder(**{**self.kwargs, **overrides})
+        model.model_name = self.name
+        model.preprocessing = self.preprocessing
+        return model
 
     def reference(self, quantity: str) -> tuple[int, str] | None:
         """(value, source) of the first source that published ``quantity`` ("params" or "macs")."""
