@@ -13,7 +13,7 @@ import sys
 
 from ..errors import UserError
 
-COMMAND_MODULES = ("zoo",)
+COMMAND_MODULES = ("zoo", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

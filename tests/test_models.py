@@ -1,0 +1,179 @@
+"""The zoo: every model builds, runs, matches the published sizes and works as a backbone."""
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import shufflenet
+from shufflenet.errors import UnknownModelError
+from shufflenet.models import ShuffleNetV1, ShuffleNetV2
+
+ALL_MODELS = shufflenet.list_models()
+
+
+def test_zoo_is_complete():
+    v1 = [f"shufflenet_v1_g{g}_x{w}" for g in (1, 2, 3, 4, 8) for w in ("0_25", "0_5", "1_0", "1_5", "2_0")]
+    v2 = [f"shufflenet_v2_x{w}" for w in ("0_5", "1_0", "1_5", "2_0")]
+    v2_plus = [f"shufflenet_v2_plus_{s}" for s in ("small", "medium", "large")]
+    assert sorted(ALL_MODELS) == sorted(v1 + v2 + v2_plus)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_forward_backward(name):
+    model = shufflenet.get_model(name, num_classes=7)
+    logits = model(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 7)
+    logits.logsumexp(1).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("width", [0.5, 1.0, 1.5, 2.0])
+def test_v2_parameters_equal_torchvision(width):
+    name = f"shufflenet_v2_x{str(width).replace('.', '_')}"
+    reference = getattr(torchvision.models, name)()
+    ours = shufflenet.get_model(name)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters())
+    # Same tensors, layer by layer (names differ; shapes and order do not).
+    assert [p.shape for p in ours.state_dict().values()] == [p.shape for p in reference.state_dict().values()]
+
+
+@pytest.mark.parametrize(
+    "width,params", [(0.5, 1_365_792), (1.0, 2_278_760), (1.5, 3_506_720), (2.0, 7_402_600)]
+)
+def test_v2_megvii_layout_parameters(width, params):
+    model = ShuffleNetV2(width, layout="megvii")
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert isinstance(model.head.dropout, nn.Dropout) == (width == 2.0)
+
+
+def _macs(name: str) -> float:
+    return shufflenet.complexity(name).macs / 1e6
+
+
+# (model, published MACs in millions, tolerance): paper Tables 1-2 and Megvii's README.
+MAC_TARGETS = (
+    [(f"shufflenet_v1_g{g}_x1_0", m, 0.03) for g, m in zip((1, 2, 3, 4, 8), (143, 140, 137, 133, 137))]
+    + [(f"shufflenet_v1_g{g}_x0_5", 38, 0.08) for g in (1, 2, 3, 4, 8)]
+    + [(f"shufflenet_v1_g{g}_x0_25", 13, 0.15) for g in (1, 2, 3, 4, 8)]
+    + [("shufflenet_v1_g3_x1_5", 292, 0.03), ("shufflenet_v1_g3_x2_0", 524, 0.03)]
+    + [("shufflenet_v1_g8_x1_5", 290, 0.03), ("shufflenet_v1_g8_x2_0", 522, 0.03)]
+    + [(f"shufflenet_v2_x{w}", m, 0.01) for w, m in zip(("0_5", "1_0", "1_5", "2_0"), (40.5, 144.9, 295.8, 583.3))]
+    + [(f"shufflenet_v2_plus_{s}", m, 0.03) for s, m in zip(("small", "medium", "large"), (156, 222, 360))]
+)
+
+
+@pytest.mark.parametrize("name,published,tolerance", MAC_TARGETS)
+def test_macs_match_published(name, published, tolerance):
+    assert _macs(name) == pytest.approx(published, rel=tolerance)
+
+
+@pytest.mark.parametrize("size,params", [("small", 5.1e6), ("medium", 5.6e6), ("large", 6.7e6)])
+def test_v2_plus_parameters(size, params):
+    assert shufflenet.complexity(f"shufflenet_v2_plus_{size}", 32).params == pytest.approx(params, rel=0.03)
+
+
+@pytest.mark.parametrize(
+    "groups,width,stem,stages",
+    [  # Megvii's hand-written tables, reproduced by our channel rule
+        (3, 0.5, 12, (120, 240, 480)), (3, 1.5, 24, (360, 720, 1440)), (3, 2.0, 48, (480, 960, 1920)),
+        (8, 0.5, 16, (192, 384, 768)), (8, 1.0, 24, (384, 768, 1536)), (8, 1.5, 24, (576, 1152, 2304)),
+    ],
+)
+def test_v1_channels_reproduce_megvii(groups, width, stem, stages):
+    model = ShuffleNetV1(groups, width)
+    assert model.stem.conv.out_channels == stem
+    assert tuple(stage[-1].expand.conv.out_channels for stage in model.stages) == stages
+
+
+@pytest.mark.parametrize("name,strides", [
+    ("shufflenet_v1_g3_x0_5", (8, 16, 32)),
+    ("shufflenet_v2_x0_5", (8, 16, 32, 32)),
+    ("shufflenet_v2_plus_small", (4, 8, 16, 32, 32)),
+])
+def test_extract_feat_strides(name, strides):
+    model = shufflenet.get_model(name).eval()
+    feats = model.extract_feat(torch.randn(1, 3, 96, 128))
+    assert tuple(96 // f.shape[2] for f in feats) == strides
+    assert tuple(128 // f.shape[3] for f in feats) == strides
+    assert feats[-1].shape[1] == model.num_features
+
+
+def test_out_indices_and_small_input():
+    model = shufflenet.get_model("shufflenet_v2_x0_5", small_input=True, out_indices=(0, 2)).eval()
+    feats = model.extract_feat(torch.randn(1, 3, 32, 32))
+    assert [f.shape[1:] for f in feats] == [(48, 16, 16), (192, 4, 4)]
+    with pytest.raises(ValueError, match="out_indices"):
+        shufflenet.get_model("shufflenet_v2_x0_5", out_indices=(4,))
+
+
+def test_any_input_size_from_32():
+    model = shufflenet.get_model("shufflenet_v1_g8_x0_25").eval()
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
+    assert model(torch.randn(1, 3, 97, 61)).shape == (1, 1000)
+
+
+def test_frozen_stages_and_norm_eval():
+    model = shufflenet.get_model("shufflenet_v2_x0_5", frozen_stages=2)
+    sync = nn.SyncBatchNorm.convert_sync_batchnorm(shufflenet.get_model("shufflenet_v2_x0_5", norm_eval=True))
+    model.train()
+    sync.train()
+    frozen = [model.stem, model.stages[0], model.stages[1]]
+    assert all(not p.requires_grad for m in frozen for p in m.parameters())
+    assert all(p.requires_grad for m in (model.stages[2], model.conv_last, model.head) for p in m.parameters())
+    assert all(not m.training for m in frozen for m in m.modules())
+    assert model.stages[2].training
+    # norm_eval keeps every BN (here SyncBatchNorm) in eval mode while the rest trains.
+    norms = [m for m in sync.modules() if isinstance(m, nn.SyncBatchNorm)]
+    assert norms and not any(m.training for m in norms) and sync.head.training
+    before = model.stem.bn.running_mean.clone()
+    model(torch.randn(2, 3, 64, 64))
+    torch.testing.assert_close(model.stem.bn.running_mean, before)
+
+
+def test_reset_classifier():
+    model = shufflenet.get_model("shufflenet_v2_plus_small")
+    model.reset_classifier(3)
+    assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(UnknownModelError, match="did you mean shufflenet_v2_x1_0"):
+        shufflenet.get_model("shufflenet_v2_x1_00")
+
+
+def test_aliases_from_other_zoos():
+    assert shufflenet.models.get_spec("shufflenet_v1_g8_15").name == "shufflenet_v1_g8_x1_5"  # mindcv
+    assert shufflenet.models.get_spec("shufflenet-v2-1x_16xb64_in1k").name == "shufflenet_v2_x1_0"  # mmpretrain
+    assert shufflenet.models.get_spec("shufflenet-v1-1x_16xb64_in1k").name == "shufflenet_v1_g3_x1_0"
+
+
+def test_metadata():
+    spec = shufflenet.models.get_spec("shufflenet_v2_x1_0")
+    assert spec.reference("params") == (2_278_604, "torchvision")
+    assert {r.source: r.top1 for r in spec.references}["torchvision"] == 69.362
+    model = shufflenet.get_model("shufflenet_v2_x1_0")
+    assert model.model_name == "shufflenet_v2_x1_0" and model.preprocessing.resize_size == 256
+
+
+def test_torch_compile():
+    model = shufflenet.get_model("shufflenet_v1_g3_x0_25", small_input=True, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model)(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_export_dynamic_batch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = shufflenet.get_model("shufflenet_v2_x0_5").eval()
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(
+        model, torch.randn(1, 3, 64, 64), path, input_names=["input"], output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):
+        x = torch.randn(batch, 3, 64, 64)
+        (onnx_out,) = session.run(None, {"input": x.numpy()})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(onnx_out), model(x), rtol=1e-4, atol=1e-4)
