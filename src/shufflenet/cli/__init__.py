@@ -13,7 +13,7 @@ import sys
 
 from ..errors import UserError
 
-COMMAND_MODULES = ("zoo", "demo")
+COMMAND_MODULES = ("zoo", "demo", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ from .table import format_table
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("list", help="list model names", description="List the registered model names.")
     p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'shufflenet_v1_g3*'")
+    p.add_argument("--pretrained", action="store_true", help="list pretrained weights as name.tag with top-1")
     p.set_defaults(func=run_list)
 
     p = subparsers.add_parser(
@@ -28,6 +29,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    if args.pretrained:
+        from ..weights.hub import list_pretrained
+
+        tags = list_pretrained(args.pattern)
+        if not tags:
+            raise UserError(f"no pretrained weights match {args.pattern!r}")
+        print(format_table(["name.tag", "top-1", "top-5", "source"],
+                           [[t.full_name, f"{t.top1:g}", f"{t.top5:g}", "manual" if t.manual else t.url] for t in tags]))
+        return 0
     names = list_models(args.pattern)
     if not names:
         raise UserError(f"no model matches {args.pattern!r}")

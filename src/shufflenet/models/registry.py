@@ -108,7 +108,8 @@ for _g in (1, 2, 3, 4, 8):
         _name = f"shufflenet_v1_g{_g}_{_width_suffix(_w)}"
         _aliases = {}
         if _g in (3, 8) and _w >= 0.5:  # mindcv: shufflenet_v1_g3_05 ... shufflenet_v1_g8_20
-            _aliases[f"shufflenet_v1_g{_g}_{_width_suffix(_w)[1:].replace('_', '')}"] = _name
+            _tag = ".mindcv_in1k" if _g == 3 and _w in (0.5, 1.0) else ""  # mindcv published these two
+            _aliases[f"shufflenet_v1_g{_g}_{_width_suffix(_w)[1:].replace('_', '')}"] = _name + _tag
         register(
             ModelSpec(_name, "ShuffleNet V1", ShuffleNetV1, {"groups": _g, "width": _w}, _v1_references(_g, _w)),
             _aliases,

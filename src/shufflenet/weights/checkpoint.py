@@ -1,0 +1,229 @@
+"""Our checkpoint format (safetensors + metadata) and loading any supported checkpoint into a model.
+
+Our file is a safetensors state dict whose metadata (all strings) carries what is needed to use
+the weights without any other file: ``shufflenet.format`` (version), ``architecture`` (registry
+name), ``model_kwargs`` (JSON: the variant, e.g. ``{"layout": "megvii"}``), ``num_classes``,
+``class_names`` (JSON list), ``preprocessing`` (JSON ``Preprocessing``) and ``source`` (JSON:
+where the weights came from). Extra metadata passed to ``save_checkpoint`` is stored beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.preprocess import IMAGENET, Preprocessing
+from ..models import layers
+from ..models.registry import ModelSpec, get_spec, list_models
+from .formats import FORMATS, V1, CheckpointError, RawCheckpoint, detect_format, family_of, read_file
+
+FORMAT_VERSION = "1"
+RESERVED = ("shufflenet.format", "architecture", "model_kwargs", "num_classes", "class_names", "preprocessing", "source")
+
+
+def imagenet_categories() -> tuple[str, ...]:
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    return tuple(_IMAGENET_CATEGORIES)
+
+
+# -- strict loading with clear errors --------------------------------------------------------------
+def state_problems(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+    """Missing keys, unexpected keys and shape mismatches; empty when ``state`` fits exactly.
+
+    ``num_batches_tracked`` is optional: Megvii, mindcv and MegEngine files do not have it.
+    """
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    found = {"missing keys": missing, "unexpected keys": unexpected, "mismatched shapes": mismatched}
+    return {label: items for label, items in found.items() if items}
+
+
+def describe(problems: dict[str, list[str]]) -> str:
+    return "; ".join(
+        f"{label} ({len(items)}): {', '.join(items[:4])}{', ...' if len(items) > 4 else ''}"
+        for label, items in problems.items()
+    )
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    problems = state_problems(model.state_dict(), state)
+    if problems:
+        raise CheckpointError(f"{origin} does not fit {model_label(model)}: {describe(problems)}")
+    model.load_state_dict(state, strict=False)
+
+
+def model_label(model: nn.Module) -> str:
+    return getattr(model, "model_name", None) or type(model).__name__
+
+
+# -- choosing the architecture from the weights ----------------------------------------------------
+def _meta_state(spec: ModelSpec, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The state dict's shapes only: built on the meta device, without the (slow there) init."""
+    shapes_only = type("ShapesOnly", (spec.builder,), {"init_weights": lambda self: None})
+    with torch.device("meta"):
+        return shapes_only(**{**spec.kwargs, **kwargs}).state_dict()
+
+
+def match_architecture(
+    state: dict[str, torch.Tensor], variant_kwargs: dict[str, dict], spec: ModelSpec | None, origin: str
+) -> tuple[ModelSpec, dict[str, Any]]:
+    """The registered model (``spec`` if given) whose state dict has exactly these keys and shapes."""
+    family = family_of(state)
+    kwargs = dict(variant_kwargs.get(family, {}))
+    if "head.fc.weight" in state:
+        kwargs["num_classes"] = state["head.fc.weight"].shape[0]
+    candidates = [spec] if spec else [get_spec(n) for n in list_models() if get_spec(n).family == family]
+    best: tuple[int, str, dict[str, list[str]]] | None = None
+    for candidate in candidates:
+        problems = state_problems(_meta_state(candidate, kwargs), state)
+        if not problems:
+            return candidate, kwargs
+        count = sum(map(len, problems.values()))
+        if best is None or count < best[0]:
+            best = (count, candidate.name, problems)
+    assert best is not None
+    target = f"{best[1]}" if spec else f"any {family} model (closest: {best[1]})"
+    raise CheckpointError(f"{origin} does not fit {target}: {describe(best[2])}")
+
+
+def move_shuffle_before_depthwise(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rewrite V1 weights whose units shuffle *after* the depthwise conv for our shuffle-first units.
+
+    Depthwise conv and BN act per channel, so ``shuffle(dw(x)) == dw'(shuffle(x))`` where the
+    parameters of ``dw'`` for output channel ``j`` are those of source channel ``p(j)`` and
+    ``shuffle(x)[j] = x[p(j)]``. ``p`` is read off our own ``channel_shuffle`` applied to an index
+    ramp, with the unit's group count (canonical or Megvii's inverse, whichever the model uses).
+    """
+    state = dict(state)
+    for name, unit in model.named_modules():
+        if getattr(unit, "shuffle_groups", 1) <= 1 or not hasattr(unit, "depthwise"):
+            continue
+        mid = unit.depthwise.conv.out_channels
+        perm = layers.channel_shuffle(torch.arange(mid).view(1, mid, 1, 1), unit.shuffle_groups).flatten()
+        for key in ("conv.weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"):
+            full = f"{name}.depthwise.{key}"
+            state[full] = state[full][perm]
+    return state
+
+
+# -- loading any checkpoint ------------------------------------------------------------------------
+def load_checkpoint(
+    path: str | Path, source_format: str = "auto", spec: ModelSpec | None = None, **model_kwargs: Any
+) -> nn.Module:
+    """Build the model a checkpoint file holds and load it (eval mode, metadata set)."""
+    raw = read_file(path)
+    fmt = detect_format(raw) if source_format == "auto" else source_format
+    if fmt == "ours" or (fmt == "state_dict" and raw.metadata):
+        model = _load_ours(raw, path, spec, model_kwargs)
+    else:
+        model = _load_foreign(raw, fmt, path, spec, model_kwargs)
+    return model.eval()
+
+
+def _load_foreign(raw: RawCheckpoint, fmt: str, path: str | Path, spec: ModelSpec | None, model_kwargs: dict) -> nn.Module:
+    origin = f"{fmt} checkpoint {path}"
+    if fmt == "state_dict":  # our key names in a plain torch file (e.g. a training checkpoint's model)
+        state, source = raw.tensors, None
+    elif fmt in FORMATS:
+        source = FORMATS[fmt]
+        state = source.to_ours(raw.tensors)
+    else:
+        raise CheckpointError(f"unknown checkpoint format {fmt!r}; choose from auto, {', '.join(FORMATS)}")
+    variants = source.variant_kwargs if source else {}
+    matched, kwargs = match_architecture(state, variants, spec, origin)
+    model = matched.build(**{**kwargs, **model_kwargs})
+    if source and source.shuffle_after_depthwise and family_of(state) == V1:
+        state = move_shuffle_before_depthwise(model, state)
+    load_state(model, state, origin)
+    model.preprocessing = source.preprocessing_for(matched.name) if source else matched.preprocessing
+    model.class_names = imagenet_categories() if kwargs.get("num_classes") == 1000 else None
+    model.source = {"format": fmt, "file": Path(path).name}
+    return model
+
+
+def _load_ours(raw: RawCheckpoint, path: str | Path, spec: ModelSpec | None, model_kwargs: dict) -> nn.Module:
+    meta = raw.metadata
+    try:
+        name = meta["architecture"]
+        kwargs = json.loads(meta.get("model_kwargs", "{}"))
+        preprocessing = Preprocessing.from_dict(json.loads(meta["preprocessing"])) if "preprocessing" in meta else IMAGENET
+        class_names = json.loads(meta["class_names"]) if "class_names" in meta else None
+        source = json.loads(meta.get("source", "null"))
+    except (KeyError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{path}: malformed shufflenet metadata ({error})") from None
+    stored = get_spec(name)
+    if spec is not None and spec.name != stored.name:
+        raise CheckpointError(f"{path} holds {stored.name} weights, not {spec.name}")
+    model = stored.build(**{**kwargs, **model_kwargs})
+    load_state(model, raw.tensors, f"checkpoint {path}")
+    model.preprocessing = preprocessing
+    model.class_names = tuple(class_names) if class_names else None
+    model.source = source
+    return model
+
+
+# -- saving ----------------------------------------------------------------------------------------
+def variant_kwargs(model: nn.Module) -> dict[str, Any]:
+    """The constructor options that change a model's weights or forward, read off the model."""
+    kwargs: dict[str, Any] = {"num_classes": model.head.fc.out_features}
+    if model.stem.conv.stride == (1, 1):
+        kwargs["small_input"] = True
+    if hasattr(model, "layout"):
+        kwargs["layout"] = model.layout
+    units = [u for u in model.modules() if hasattr(u, "shuffle_groups")]
+    if units:
+        kwargs["fc_bias"] = model.head.fc.bias is not None
+        kwargs["megvii_shuffle"] = any(u.shuffle_groups not in (1, u.expand.conv.groups) for u in units)
+    return kwargs
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, extra_metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` in our safetensors format (atomically: a failed write leaves no file)."""
+    from safetensors.torch import save_file
+
+    name = getattr(model, "model_name", None)
+    if not name:
+        raise CheckpointError("the model has no model_name; build it with shufflenet.get_model")
+    spec = get_spec(name)
+    kwargs = variant_kwargs(model)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    problems = state_problems(_meta_state(spec, kwargs), state)
+    if problems:
+        raise CheckpointError(f"the model's weights do not fit {spec.name} {kwargs}: {describe(problems)}")
+    class_names = getattr(model, "class_names", None)
+    metadata = {
+        "shufflenet.format": FORMAT_VERSION,
+        "architecture": spec.name,
+        "model_kwargs": json.dumps(kwargs),
+        "num_classes": str(kwargs["num_classes"]),
+        "preprocessing": json.dumps(getattr(model, "preprocessing", spec.preprocessing).to_dict()),
+        "source": json.dumps(getattr(model, "source", None)),
+        **({"class_names": json.dumps(list(class_names))} if class_names else {}),
+    }
+    for key, value in (extra_metadata or {}).items():
+        if key in RESERVED:
+            raise ValueError(f"extra_metadata may not override {key!r}")
+        metadata[key] = value if isinstance(value, str) else json.dumps(value)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

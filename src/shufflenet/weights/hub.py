@@ -1,0 +1,224 @@
+"""Pretrained weights by tag (timm style ``name.tag``), downloaded once into a local cache.
+
+Every tag names its official URL, how its hash is checked, its published accuracy and the
+preprocessing it was evaluated with. Downloads go to ``$SHUFFLENET_HOME/weights`` (default
+``~/.cache/shufflenet/weights``); once a file is there no network is needed. A hash is verified
+only where the publisher documents the file-name suffix as a sha256 prefix (torchvision,
+mmpretrain); mindcv and MegEngine suffixes are of an undocumented kind and are not checked.
+Megvii publishes its files only through OneDrive/BaiduYun folders, so those tags are "manual":
+the error message says where to put the downloaded file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from tqdm import tqdm
+
+from ..data.preprocess import IMAGENET, IMAGENET_RESIZE_232, MEGVII, Preprocessing
+from ..errors import UnknownModelError, UserError
+from ..models.registry import ModelSpec, get_spec
+from .checkpoint import imagenet_categories, load_checkpoint
+from .formats import FORMATS, MEGENGINE
+
+logger = logging.getLogger(__name__)
+DOWNLOAD_TIMEOUT_S = 15
+MEGVII_FOLDER = "https://1drv.ms/f/s!AgaP37NGYuEXhRfQxHRseR7eSxXo"  # BaiduYun mirror: pan.baidu.com/s/1EUQVoFPb74yZm0JWHKjFOw (code mc24)
+
+
+@dataclass(frozen=True)
+class PretrainedTag:
+    model: str
+    tag: str
+    source_format: str  # a key of formats.FORMATS
+    url: str
+    top1: float
+    top5: float
+    preprocessing: Preprocessing = IMAGENET
+    sha256_prefix: str | None = None  # checked after download; None where no sha256 is published
+    file_size_mb: float | None = None  # as published (torchvision meta)
+    manual: bool = False  # no direct link: the user downloads the file by hand
+    filename: str = field(default="")
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.model}.{self.tag}"
+
+    @property
+    def cache_name(self) -> str:
+        return self.filename or self.url.rsplit("/", 1)[-1]
+
+
+def _tags() -> list[PretrainedTag]:
+    tv = "https://download.pytorch.org/models/"
+    mm = "https://download.openmmlab.com/mmclassification/v0/"
+    mc = "https://download.mindspore.cn/toolkits/mindcv/shufflenet/"
+    me = "https://data.megengine.org.cn/models/weights/"
+    tags = [
+        PretrainedTag("shufflenet_v2_x0_5", "tv_in1k", "torchvision", tv + "shufflenetv2_x0.5-f707e7126e.pth",
+                      60.552, 81.746, IMAGENET, "f707e7126e", 5.282),
+        PretrainedTag("shufflenet_v2_x1_0", "tv_in1k", "torchvision", tv + "shufflenetv2_x1-5666bf0f80.pth",
+                      69.362, 88.316, IMAGENET, "5666bf0f80", 8.791),
+        PretrainedTag("shufflenet_v2_x1_5", "tv_in1k", "torchvision", tv + "shufflenetv2_x1_5-3c479a10.pth",
+                      72.996, 91.086, IMAGENET_RESIZE_232, "3c479a10", 13.557),
+        PretrainedTag("shufflenet_v2_x2_0", "tv_in1k", "torchvision", tv + "shufflenetv2_x2_0-8be3c8ee.pth",
+                      76.230, 93.006, IMAGENET_RESIZE_232, "8be3c8ee", 28.433),
+        PretrainedTag("shufflenet_v1_g3_x1_0", "mmpretrain_in1k", "mmpretrain",
+                      mm + "shufflenet_v1/shufflenet_v1_batch1024_imagenet_20200804-5d6cec73.pth",
+                      68.13, 87.81, IMAGENET, "5d6cec73"),
+        PretrainedTag("shufflenet_v2_x1_0", "mmpretrain_in1k", "mmpretrain",
+                      mm + "shufflenet_v2/shufflenet_v2_batch1024_imagenet_20200812-5bf4721e.pth",
+                      69.55, 88.92, IMAGENET, "5bf4721e"),
+        PretrainedTag("shufflenet_v1_g3_x0_5", "mindcv_in1k", "mindcv",
+                      mc + "shufflenetv1/shufflenet_v1_g3_05-42cfe109.ckpt", 57.05, 79.73),
+        PretrainedTag("shufflenet_v1_g3_x1_0", "mindcv_in1k", "mindcv",
+                      mc + "shufflenetv1/shufflenet_v1_g3_10-245f0ccf.ckpt", 67.77, 87.73),
+    ]
+    mindcv_v2 = {"x0_5": ("8c841061", 60.53, 82.11), "x1_0": ("0da4b7fa", 69.47, 88.88),
+                 "x1_5": ("00b56131", 72.79, 90.93), "x2_0": ("ed8e698d", 75.07, 92.08)}
+    megengine_v2 = {"x0_5": ("60750_c28db1a2", 60.696, 82.190), "x1_0": ("69369_daf9dba0", 69.372, 88.764),
+                    "x1_5": ("72775_38ac4273", 72.806, 90.792), "x2_0": ("75115_497d4601", 75.074, 92.278)}
+    for width, (suffix, top1, top5) in mindcv_v2.items():
+        url = f"{mc}shufflenetv2/shufflenet_v2_{width}-{suffix}.ckpt"
+        tags.append(PretrainedTag(f"shufflenet_v2_{width}", "mindcv_in1k", "mindcv", url, top1, top5))
+    for width, (suffix, top1, top5) in megengine_v2.items():
+        url = f"{me}snetv2_{width}_{suffix}.pkl"
+        tags.append(PretrainedTag(f"shufflenet_v2_{width}", "megengine_in1k", "megengine", url, top1, top5, MEGENGINE))
+    tags += _megvii_tags()
+    return tags
+
+
+def _megvii_tags() -> list[PretrainedTag]:
+    """Megvii's official weights: accuracy from the README (our registry's "megvii" references)."""
+    names = [f"shufflenet_v1_g{g}_x{w}" for g in (3, 8) for w in ("0_5", "1_0", "1_5", "2_0")]
+    names += [f"shufflenet_v2_x{w}" for w in ("0_5", "1_0", "1_5", "2_0")]
+    names += [f"shufflenet_v2_plus_{size}" for size in ("small", "medium", "large")]
+    tags = []
+    for name in names:
+        ref = next(r for r in get_spec(name).references if r.source == "megvii")
+        tags.append(PretrainedTag(name, "megvii_in1k", "megvii", MEGVII_FOLDER, ref.top1, ref.top5, MEGVII,
+                                  manual=True, filename=f"{name}.megvii_in1k.pth.tar"))
+    return tags
+
+
+TAGS: dict[str, dict[str, PretrainedTag]] = {}
+for _t in _tags():  # the first tag of a model is its default
+    TAGS.setdefault(_t.model, {})[_t.tag] = _t
+
+
+def list_pretrained(pattern: str | None = None) -> list[PretrainedTag]:
+    """All tags, optionally those whose ``name`` or ``name.tag`` matches a shell-style pattern."""
+    return [
+        t for model_tags in TAGS.values() for t in model_tags.values()
+        if pattern is None or fnmatch.fnmatchcase(t.model, pattern) or fnmatch.fnmatchcase(t.full_name, pattern)
+    ]
+
+
+def get_tag(model_name: str, tag: str | None = None) -> PretrainedTag:
+    """The tag's description (``tag=None``: the model's default tag)."""
+    available = TAGS.get(model_name, {})
+    if not available:
+        raise UserError(f"{model_name} has no pretrained weights; pass a checkpoint path instead")
+    if tag is None:
+        return next(iter(available.values()))
+    if tag not in available:
+        raise UnknownModelError(f"unknown tag {model_name}.{tag}; available: {', '.join(available)}")
+    return available[tag]
+
+
+def tag_model_kwargs(model_name: str, tag: str) -> dict[str, Any]:
+    """Architecture options the tag's weights need, e.g. ``{"layout": "megvii"}``."""
+    info = get_tag(model_name, tag)
+    return dict(FORMATS[info.source_format].variant_kwargs.get(get_spec(model_name).family, {}))
+
+
+# -- cache and download ----------------------------------------------------------------------------
+def cache_dir() -> Path:
+    return Path(os.environ.get("SHUFFLENET_HOME", "~/.cache/shufflenet")).expanduser() / "weights"
+
+
+def cached_file(info: PretrainedTag, progress: bool = True) -> Path:
+    """The tag's file in the cache, downloading it first if needed."""
+    path = cache_dir() / info.cache_name
+    if path.is_file():
+        return path
+    if info.manual:
+        raise UserError(
+            f"{info.full_name}: Megvii publishes these weights only in a shared folder ({info.url}); "
+            f"download the file by hand and put it at {path}"
+        )
+    download(info.url, path, info.sha256_prefix, progress)
+    return path
+
+
+def _open_url(url: str):
+    request = urllib.request.Request(url, headers={"User-Agent": "shufflenet"})
+    return urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S)
+
+
+def download(url: str, dest: Path, sha256_prefix: str | None = None, progress: bool = True) -> Path:
+    """Stream ``url`` to ``dest`` through a ``.part`` file; never leaves a partial or corrupt file."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".part")
+    digest = hashlib.sha256()
+    try:
+        with _open_url(url) as response, partial.open("wb") as out:
+            total = int(getattr(response, "headers", {}).get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+        if total and partial.stat().st_size != total:
+            raise UserError(f"download of {url} stopped after {partial.stat().st_size} of {total} bytes; retry")
+        if sha256_prefix and not digest.hexdigest().startswith(sha256_prefix):
+            raise UserError(
+                f"{url}: sha256 {digest.hexdigest()[:16]}... does not start with the published {sha256_prefix}; "
+                "the corrupt download was deleted"
+            )
+        os.replace(partial, dest)
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise UserError(
+            f"cannot download {url} ({reason}); without network, download it by hand and put it at {dest}"
+        ) from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return dest
+
+
+# -- building models with weights ------------------------------------------------------------------
+def fit_classifier(model: nn.Module, num_classes: int | None) -> nn.Module:
+    """Keep the backbone; re-initialise the classifier when ``num_classes`` differs."""
+    current = model.head.fc.out_features
+    if num_classes is not None and num_classes != current:
+        model.reset_classifier(num_classes)
+        model.class_names = None
+        logger.info("%s: classifier re-initialised for %d classes (weights had %d)",
+                    getattr(model, "model_name", "model"), num_classes, current)
+    return model
+
+
+def build_pretrained(
+    spec: ModelSpec, tag: str | None, pretrained: bool | str | os.PathLike, num_classes: int | None, **kwargs: Any
+) -> nn.Module:
+    """``spec`` with weights: ``pretrained`` is True (``tag`` or the default tag), a tag, or a file path."""
+    if isinstance(pretrained, (str, os.PathLike)) and str(pretrained) not in TAGS.get(spec.name, {}):
+        model = load_checkpoint(pretrained, spec=spec, **kwargs)
+    else:
+        info = get_tag(spec.name, pretrained if isinstance(pretrained, str) else tag)
+        model = load_checkpoint(cached_file(info), info.source_format, spec=spec, **kwargs)
+        model.preprocessing = info.preprocessing
+        model.source = {"format": info.source_format, "tag": info.full_name, "url": info.url}
+        model.class_names = imagenet_categories()
+    model.model_name = spec.name
+    return fit_classifier(model, num_classes).eval()

@@ -1,0 +1,354 @@
+"""Checkpoint interop: each zoo's format converts to logits equal to the source model's.
+
+torchvision and mmpretrain fixtures come from their own models; Megvii, mindcv and MegEngine
+fixtures are built from the documented layouts, and Megvii's V1 forward (shuffle after the
+depthwise conv, inverse permutation) is re-implemented functionally below as the reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import logging
+import pickle
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import shufflenet
+from shufflenet.cli import main as cli_main
+from shufflenet.data.preprocess import IMAGENET, IMAGENET_RESIZE_232, MEGVII
+from shufflenet.errors import UserError
+from shufflenet.weights import hub, load_checkpoint, load_model, save_checkpoint
+from shufflenet.weights.mindspore_ckpt import read_checkpoint, write_checkpoint
+
+TOL = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def randomize_bn(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BN statistics, so that a wrongly paired BN shows in the logits."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+# -- torchvision ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("width", ["0_5", "1_0", "1_5", "2_0"])
+def test_torchvision_v2_converts_exactly(tmp_path, width):
+    reference = randomize_bn(getattr(torchvision.models, f"shufflenet_v2_x{width}")())
+    torch.save(reference.state_dict(), tmp_path / "tv.pth")
+    model = load_checkpoint(tmp_path / "tv.pth")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert max_diff(model(x), reference(x)) <= TOL
+    assert model.model_name == f"shufflenet_v2_x{width}" and not model.training
+    assert model.preprocessing == (IMAGENET_RESIZE_232 if width in ("1_5", "2_0") else IMAGENET)
+    assert model.class_names[0] == "tench" and len(model.class_names) == 1000
+
+
+# -- mmpretrain (the real package) -----------------------------------------------------------------
+@pytest.mark.parametrize("config", ["shufflenet-v1-1x_16xb64_in1k", "shufflenet-v2-1x_16xb64_in1k"])
+def test_mmpretrain_converts_exactly(tmp_path, config):
+    mmpretrain = pytest.importorskip("mmpretrain")
+    reference = randomize_bn(mmpretrain.get_model(config, pretrained=False))
+    torch.save({"state_dict": reference.state_dict(), "meta": {"mmpretrain_version": "1.2.0"}}, tmp_path / "mm.pth")
+    model = load_checkpoint(tmp_path / "mm.pth")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert max_diff(model(x), reference(x, mode="tensor")) <= TOL
+    assert model.model_name == ("shufflenet_v1_g3_x1_0" if "v1" in config else "shufflenet_v2_x1_0")
+
+
+# -- Megvii (documented layout, functional reference) --------------------------------------------
+MEGVII_V1_KEYS = {"compress.conv": "branch_main_1.0", "compress.bn": "branch_main_1.1",
+                  "depthwise.conv": "branch_main_1.3", "depthwise.bn": "branch_main_1.4",
+                  "expand.conv": "branch_main_2.0", "expand.bn": "branch_main_2.1"}
+MEGVII_V2_KEYS = {"branch_proj.0.conv": "branch_proj.0", "branch_proj.0.bn": "branch_proj.1",
+                  "branch_proj.1.conv": "branch_proj.2", "branch_proj.1.bn": "branch_proj.3",
+                  "branch_main.0.conv": "branch_main.0", "branch_main.0.bn": "branch_main.1",
+                  "branch_main.1.conv": "branch_main.3", "branch_main.1.bn": "branch_main.4",
+                  "branch_main.2.conv": "branch_main.5", "branch_main.2.bn": "branch_main.6"}
+
+
+def megvii_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Random weights under Megvii's key names (layout of ShuffleNet-Series network.py/blocks.py)."""
+    table = MEGVII_V1_KEYS if hasattr(model.stages[0][0], "compress") else MEGVII_V2_KEYS
+    out, offsets = {}, np.cumsum([0] + [len(s) for s in model.stages])
+    for key, value in model.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            continue  # Megvii's files may lack it
+        parts = key.split(".")
+        if parts[0] == "stages":
+            unit = offsets[int(parts[1])] + int(parts[2])
+            layer = ".".join(parts[3:-1])
+            key = f"features.{unit}.{table[layer]}.{parts[-1]}"
+        else:
+            key = {"stem.conv": "first_conv.0", "stem.bn": "first_conv.1", "conv_last.conv": "conv_last.0",
+                   "conv_last.bn": "conv_last.1", "head.fc": "classifier.0"}[".".join(parts[:-1])] + "." + parts[-1]
+        out[key] = value.clone()
+    return out
+
+
+def megvii_v1_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, groups: int, shuffle_after_dw: bool) -> torch.Tensor:
+    """Megvii's (shuffle after DW) or mindcv's (shuffle before DW) V1, written from their layout."""
+    def bn(t, p):
+        return F.batch_norm(t, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"], sd[p + ".bias"])
+
+    def conv(t, p, stride=1, g=1):
+        w = sd[p + ".weight"]
+        return F.conv2d(t, w, None, stride, w.shape[-1] // 2, 1, g)
+
+    def shuffle(t):  # reshape (B, C/g, g) -> permute: Megvii's inverse of the paper's shuffle
+        b, c, h, w = t.shape
+        return t.reshape(b, c // groups, groups, h, w).permute(0, 2, 1, 3, 4).reshape(b, c, h, w)
+
+    x = F.max_pool2d(F.relu(bn(conv(x, "first_conv.0", 2), "first_conv.1")), 3, 2, 1)
+    n = 0
+    for repeats in (4, 8, 4):
+        for i in range(repeats):
+            p, stride = f"features.{n}.", 2 if i == 0 else 1
+            out = F.relu(bn(conv(x, p + "branch_main_1.0", g=1 if n == 0 else groups), p + "branch_main_1.1"))
+            out = out if shuffle_after_dw else shuffle(out)
+            out = bn(conv(out, p + "branch_main_1.3", stride, out.shape[1]), p + "branch_main_1.4")
+            out = shuffle(out) if shuffle_after_dw else out
+            out = bn(conv(out, p + "branch_main_2.0", g=groups), p + "branch_main_2.1")
+            x = torch.cat((F.avg_pool2d(x, 3, 2, 1), F.relu(out)), 1) if stride == 2 else F.relu(x + out)
+            n += 1
+    return F.linear(x.mean((2, 3)), sd["classifier.0.weight"])
+
+
+def _megvii_v1_fixture(groups: int) -> dict[str, torch.Tensor]:
+    donor = randomize_bn(shufflenet.get_model(f"shufflenet_v1_g{groups}_x0_5", megvii_shuffle=True, fc_bias=False))
+    return megvii_state(donor)
+
+
+@pytest.mark.parametrize("groups", [3, 8])  # g8 0.5x is the case a canonical-shuffle model cannot host
+def test_megvii_v1_converts_exactly_with_bgr_preprocessing(tmp_path, groups):
+    sd = _megvii_v1_fixture(groups)
+    torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}}, tmp_path / "snet.pth.tar")
+    model = load_checkpoint(tmp_path / "snet.pth.tar")
+    x = torch.rand(2, 3, 64, 64) * 255
+    with torch.no_grad():
+        assert max_diff(model(x), megvii_v1_forward(sd, x, groups, shuffle_after_dw=True)) <= TOL
+    assert model.model_name == f"shufflenet_v1_g{groups}_x0_5"
+    assert model.preprocessing == MEGVII and model.preprocessing.channel_order == "BGR"
+
+
+def test_megvii_v2_converts_to_megvii_layout(tmp_path):
+    donor = randomize_bn(shufflenet.get_model("shufflenet_v2_x1_0", layout="megvii"))
+    torch.save({"state_dict": {"module." + k: v for k, v in megvii_state(donor).items()}}, tmp_path / "v2.pth.tar")
+    model = load_checkpoint(tmp_path / "v2.pth.tar")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert max_diff(model(x), donor(x)) <= TOL
+    assert model.layout == "megvii" and model.preprocessing == MEGVII
+
+
+# -- mindcv (.ckpt protobuf) -----------------------------------------------------------------------
+BN_TO_MINDSPORE = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
+
+
+def mindcv_ckpt(sd: dict[str, torch.Tensor], groups: int = 1) -> bytes:
+    """mindcv's V1/V2 layout: Megvii's names, BN gamma/beta/moving_*, V1 1x1 convs split per group."""
+    arrays = {"global_step": np.array([3], np.int32), "moments.first_conv.0.weight": np.zeros(1, np.float32)}
+    v1_moves = {"branch_main_1.3": "branch_main_2.0", "branch_main_1.4": "branch_main_2.1",
+                "branch_main_2.0": "branch_main_2.2", "branch_main_2.1": "branch_main_2.3"}
+    for key, value in sd.items():
+        prefix, name = key.rsplit(".", 1)
+        prefix = next((prefix[: -len(old)] + new for old, new in v1_moves.items() if prefix.endswith(old)), prefix)
+        if name in BN_TO_MINDSPORE and value.ndim == 1 and not prefix.startswith("classifier"):
+            name = BN_TO_MINDSPORE[name]
+        if prefix == "classifier.0":
+            prefix = "classifier"
+        is_group_conv = prefix.endswith(("branch_main_1.0", "branch_main_2.2"))
+        if is_group_conv:
+            n = 1 if prefix == "features.0.branch_main_1.0" else groups
+            for k, part in enumerate(value.chunk(n, 0)):
+                arrays[f"{prefix}.convs.{k}.{name}"] = part.numpy()
+        else:
+            arrays[f"{prefix}.{name}"] = value.numpy()
+    return write_checkpoint(arrays)
+
+
+def test_mindspore_ckpt_round_trip_and_truncation():
+    arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([7], np.int32)}
+    data = write_checkpoint(arrays)
+    back = read_checkpoint(data)
+    assert set(back) == {"a", "b"} and np.array_equal(back["a"], arrays["a"]) and back["b"].dtype == np.int32
+    with pytest.raises(ValueError):
+        read_checkpoint(data[:-5])
+
+
+def test_mindcv_v1_converts_exactly(tmp_path):
+    sd = _megvii_v1_fixture(3)
+    (tmp_path / "v1.ckpt").write_bytes(mindcv_ckpt(sd, groups=3))
+    model = load_checkpoint(tmp_path / "v1.ckpt")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert max_diff(model(x), megvii_v1_forward(sd, x, 3, shuffle_after_dw=False)) <= TOL
+    assert model.model_name == "shufflenet_v1_g3_x0_5"
+
+
+def test_mindcv_v2_converts_exactly(tmp_path):
+    donor = randomize_bn(shufflenet.get_model("shufflenet_v2_x0_5", layout="megvii"))
+    (tmp_path / "v2.ckpt").write_bytes(mindcv_ckpt(megvii_state(donor)))
+    model = load_checkpoint(tmp_path / "v2.ckpt")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert max_diff(model(x), donor(x)) <= TOL
+
+
+# -- MegEngine (.pkl of numpy arrays) --------------------------------------------------------------
+def test_megengine_pickle_converts_and_refuses_code(tmp_path):
+    donor = randomize_bn(shufflenet.get_model("shufflenet_v2_x0_5", layout="megvii"))
+    arrays = {k: (v.reshape(1, -1, 1, 1) if v.ndim == 1 else v).numpy() for k, v in megvii_state(donor).items()}
+    (tmp_path / "snet.pkl").write_bytes(pickle.dumps(arrays))
+    model = load_checkpoint(tmp_path / "snet.pkl")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert max_diff(model(x), donor(x)) <= TOL
+    assert model.preprocessing.channel_order == "BGR"
+
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"w": Exploit()}))
+    with pytest.raises(UserError, match="refusing"):
+        load_checkpoint(tmp_path / "evil.pkl")
+
+
+# -- our format, errors, CLI -----------------------------------------------------------------------
+def test_safetensors_round_trip_keeps_metadata(tmp_path):
+    model = shufflenet.get_model("shufflenet_v1_g8_x0_5", megvii_shuffle=True, fc_bias=False, num_classes=7).eval()
+    model.class_names = tuple("abcdefg")
+    model.preprocessing = MEGVII
+    save_checkpoint(model, tmp_path / "m.safetensors", {"epoch": 3})
+    loaded = load_model(str(tmp_path / "m.safetensors"))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert loaded.class_names == tuple("abcdefg") and loaded.preprocessing == MEGVII
+    assert loaded.stages[0][1].shuffle_groups == model.stages[0][1].shuffle_groups != 8
+
+
+def test_bad_checkpoints_fail_clearly_with_exit_2(tmp_path, capsys):
+    tv = torchvision.models.shufflenet_v2_x0_5()
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    good = (tmp_path / "tv.pth").read_bytes()
+    (tmp_path / "trunc.pth").write_bytes(good[: len(good) // 2])
+    assert cli_main(["convert", str(tmp_path / "trunc.pth"), "-o", str(tmp_path / "a.safetensors")]) == 2
+    assert "weights_only" in capsys.readouterr().err
+    # wrong architecture: a 0.5x file forced into 1.0x names the mismatched shapes
+    assert cli_main(["convert", str(tmp_path / "tv.pth"), "-o", str(tmp_path / "b.safetensors"),
+                     "--model", "shufflenet_v2_x1_0"]) == 2
+    assert "mismatched shapes" in capsys.readouterr().err
+    state = tv.state_dict()
+    del state["fc.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "broken.pth")
+    with pytest.raises(UserError, match=r"missing keys \(1\): head.fc.weight.*unexpected keys \(1\): extra.weight"):
+        load_checkpoint(tmp_path / "broken.pth", spec=shufflenet.models.registry.get_spec("shufflenet_v2_x0_5"))
+    (tmp_path / "c.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    with pytest.raises(UserError, match="malformed or truncated"):
+        load_checkpoint(tmp_path / "c.safetensors")
+    assert not (tmp_path / "a.safetensors").exists() and not (tmp_path / "b.safetensors").exists()
+
+
+def test_cli_convert_then_get_model_with_fine_tuning(tmp_path, capsys, caplog):
+    reference = randomize_bn(torchvision.models.shufflenet_v2_x0_5())
+    torch.save(reference.state_dict(), tmp_path / "tv.pth")
+    out = tmp_path / "tv.safetensors"
+    assert cli_main(["convert", str(tmp_path / "tv.pth"), "-o", str(out), "--from", "torchvision"]) == 0
+    assert "shufflenet_v2_x0_5" in capsys.readouterr().out
+    assert cli_main(["convert", str(tmp_path / "tv.pth"), "-o", str(out)]) == 2  # never overwrites silently
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert max_diff(shufflenet.get_model("shufflenet_v2_x0_5", pretrained=str(out))(x), reference(x)) <= TOL
+    with caplog.at_level(logging.INFO, logger="shufflenet"):
+        tuned = shufflenet.get_model("shufflenet_v2_x0_5", pretrained=str(out), num_classes=10)
+    assert tuned.head.fc.out_features == 10 and tuned.class_names is None
+    assert torch.equal(tuned.stem.conv.weight, reference.conv1[0].weight)
+    assert sum("re-initialised for 10 classes" in r.message for r in caplog.records) == 1
+
+
+# -- tags, cache and download (the network is monkeypatched) -----------------------------------------
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """torchvision's x0.5 tag served from memory; returns (payload, reference model, requested URLs)."""
+    monkeypatch.setenv("SHUFFLENET_HOME", str(tmp_path / "home"))
+    reference = randomize_bn(torchvision.models.shufflenet_v2_x0_5())
+    buffer = io.BytesIO()
+    torch.save(reference.state_dict(), buffer)
+    payload, requested = buffer.getvalue(), []
+
+    def open_url(url):
+        requested.append(url)
+        return io.BytesIO(payload)
+
+    monkeypatch.setattr(hub, "_open_url", open_url)
+    tag = hub.TAGS["shufflenet_v2_x0_5"]["tv_in1k"]
+    prefix = hashlib.sha256(payload).hexdigest()[:10]
+    monkeypatch.setitem(hub.TAGS["shufflenet_v2_x0_5"], "tv_in1k", dataclasses.replace(tag, sha256_prefix=prefix))
+    return payload, reference, requested
+
+
+def test_pretrained_downloads_once_then_works_offline(fake_hub, monkeypatch):
+    _, reference, requested = fake_hub
+    model = shufflenet.get_model("shufflenet_v2_x0_5.tv_in1k", pretrained=True)
+    assert requested == ["https://download.pytorch.org/models/shufflenetv2_x0.5-f707e7126e.pth"]
+
+    def offline(url):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(hub, "_open_url", offline)
+    again = load_model("shufflenet_v2_x0_5")  # default tag, from the cache
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert max_diff(again(x), reference(x)) <= TOL and torch.equal(model(x), again(x))
+    assert again.source["tag"] == "shufflenet_v2_x0_5.tv_in1k"
+
+
+def test_offline_and_bad_hash_fail_clearly_and_leave_no_file(fake_hub, monkeypatch, tmp_path):
+    def offline(url):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(hub, "_open_url", offline)
+    with pytest.raises(UserError, match=r"shufflenetv2_x1-5666bf0f80\.pth.*put it at .*home/weights/shufflenetv2_x1"):
+        shufflenet.get_model("shufflenet_v2_x1_0", pretrained=True)
+    monkeypatch.setattr(hub, "_open_url", lambda url: io.BytesIO(b"not the published file"))
+    with pytest.raises(UserError, match="does not start with the published 5666bf0f80"):
+        shufflenet.get_model("shufflenet_v2_x1_0", pretrained="tv_in1k")
+    assert not any((tmp_path / "home" / "weights").iterdir())
+    with pytest.raises(UserError, match=r"1drv\.ms.*put it at .*shufflenet_v1_g8_x0_5\.megvii_in1k\.pth\.tar"):
+        shufflenet.get_model("shufflenet_v1_g8_x0_5", pretrained=True)
+
+
+def test_tags_choose_the_architecture_variant(capsys):
+    assert hub.tag_model_kwargs("shufflenet_v1_g8_x0_5", "megvii_in1k") == {"megvii_shuffle": True, "fc_bias": False}
+    assert hub.tag_model_kwargs("shufflenet_v2_x1_0", "mindcv_in1k") == {"layout": "megvii"}
+    assert hub.tag_model_kwargs("shufflenet_v2_x1_0", "tv_in1k") == {}
+    assert shufflenet.get_model("shufflenet_v1_g3_05").head.fc.bias is None  # mindcv alias -> its tag's variant
+    with pytest.raises(UserError, match="available: tv_in1k, mmpretrain_in1k"):
+        hub.tag_model_kwargs("shufflenet_v2_x1_0", "imagenet")
+    assert cli_main(["list", "--pretrained", "shufflenet_v2_x1_5*"]) == 0
+    out = capsys.readouterr().out
+    assert "shufflenet_v2_x1_5.tv_in1k" in out and "72.996" in out
