@@ -8,8 +8,9 @@
 
 from .complexity import Complexity, complexity
 from .errors import UserError
+from .inference import inference_model
 from .models import channel_shuffle, get_model, list_models
 
 __version__ = "0.1.0"
 
-__all__ = ["Complexity", "UserError", "channel_shuffle", "complexity", "get_model", "list_models", "__version__"]
+__all__ = ["Complexity", "UserError", "channel_shuffle", "complexity", "get_model", "inference_model", "list_models", "__version__"]

@@ -13,7 +13,7 @@ import sys
 
 from ..errors import UserError
 
-COMMAND_MODULES = ("zoo", "demo", "convert")
+COMMAND_MODULES = ("zoo", "demo", "convert", "deploy")
 
 
 def build_parser() -> argparse.ArgumentParser:

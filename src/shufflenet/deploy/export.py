@@ -1,0 +1,108 @@
+"""ONNX and TorchScript export with BN folded and the preprocessing carried in the file.
+
+The ONNX graph is converter-friendly: ``channel_shuffle`` only builds rank-4 tensors (onnx2tf,
+TFLite and Core ML reject the usual 5-D reshape/transpose), V2's channel split is a ``Slice``,
+and the batch dimension can be dynamic.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from ..data.preprocess import IMAGENET, Preprocessing
+from ..errors import UserError
+from .fuse import fuse_conv_bn
+
+ONNX_OPSETS = range(11, 21)  # the TorchScript-based exporter; the dynamo exporter needs onnxscript and opset >= 18
+DEFAULT_OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+def model_metadata(model: nn.Module) -> dict[str, str]:
+    """What a runtime needs besides the weights, as ONNX ``metadata_props`` strings."""
+    class_names = getattr(model, "class_names", None)
+    return {
+        "model_name": getattr(model, "model_name", None) or type(model).__name__,
+        "preprocessing": json.dumps(getattr(model, "preprocessing", IMAGENET).to_dict()),
+        **({"class_names": json.dumps(list(class_names))} if class_names else {}),
+    }
+
+
+def read_metadata(proto: onnx.ModelProto) -> dict:
+    """``model_name``, ``preprocessing`` and ``class_names`` of an exported file (ImageNet defaults if absent)."""
+    props = {p.key: p.value for p in proto.metadata_props}
+    names = props.get("class_names")
+    return {
+        "model_name": props.get("model_name"),
+        "preprocessing": Preprocessing.from_dict(json.loads(props["preprocessing"])) if "preprocessing" in props else IMAGENET,
+        "class_names": tuple(json.loads(names)) if names else None,
+    }
+
+
+def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    kept = [p for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+
+
+def example_input(model: nn.Module, batch_size: int = 1, input_size: int | None = None) -> torch.Tensor:
+    size = input_size or getattr(model, "preprocessing", IMAGENET).crop_size
+    return torch.randn(batch_size, 3, size, size)
+
+
+def to_onnx(
+    model: nn.Module,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = False,
+    input_size: int | None = None,
+) -> onnx.ModelProto:
+    """Export ``model`` (BN folded, eval mode) to a checked ONNX model with metadata."""
+    if opset not in ONNX_OPSETS:
+        raise UserError(f"ONNX opset {opset} is not supported; choose {ONNX_OPSETS.start} to {ONNX_OPSETS.stop - 1}")
+    fused = fuse_conv_bn(model).cpu()
+    buffer = io.BytesIO()
+    dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings():  # the legacy exporter's deprecation and tracer notes are not the user's concern
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            fused, (example_input(model, 1, input_size),), buffer, opset_version=opset, dynamo=False,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes,
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    set_metadata(proto, model_metadata(model))
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def max_tensor_rank(proto: onnx.ModelProto) -> int:
+    """The highest rank of any tensor in the graph, after ONNX shape inference."""
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    graph = inferred.graph
+    values = [*graph.input, *graph.output, *graph.value_info]
+    ranks = [len(v.type.tensor_type.shape.dim) for v in values if v.type.tensor_type.HasField("shape")]
+    ranks += [len(t.dims) for t in graph.initializer]
+    return max(ranks)
+
+
+def export_onnx(model: nn.Module, path: str | Path, **options) -> onnx.ModelProto:
+    proto = to_onnx(model, **options)
+    onnx.save(proto, str(path))
+    return proto
+
+
+def export_torchscript(model: nn.Module, path: str | Path, input_size: int | None = None) -> None:
+    """A traced TorchScript file (BN folded) with the metadata as the extra file ``shufflenet.json``."""
+    fused = fuse_conv_bn(model).cpu()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(fused, example_input(model, 1, input_size))
+    torch.jit.save(traced, str(path), _extra_files={"shufflenet.json": json.dumps(model_metadata(model))})

@@ -1,0 +1,208 @@
+"""Export (ONNX, TorchScript), BN folding, INT8 and the benchmark, checked against PyTorch's outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from shufflenet import get_model
+from shufflenet.cli import main
+from shufflenet.data.preprocess import CIFAR10, Preprocessing
+from shufflenet.deploy import export_onnx, fuse_conv_bn, load_runtime, max_tensor_rank, to_onnx
+from shufflenet.deploy.bench import benchmark
+from shufflenet.deploy.export import export_torchscript
+from shufflenet.errors import UserError
+from shufflenet.weights import save_checkpoint
+
+SIZE = 64  # small inputs keep export and inference fast; the graph is the same at 224
+
+
+def randomised(name: str, **kwargs) -> torch.nn.Module:
+    """A model whose BN statistics and logits are far from the identity/zero of a fresh init."""
+    torch.manual_seed(0)
+    model = get_model(name, **kwargs)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    torch.nn.init.normal_(model.head.fc.weight, 0, 0.5)
+    model.preprocessing = Preprocessing(crop_size=SIZE, resize_size=SIZE + 8)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def v2() -> torch.nn.Module:
+    return randomised("shufflenet_v2_x0_5")
+
+
+@pytest.mark.parametrize("name", ["shufflenet_v1_g3_x0_5", "shufflenet_v2_plus_small"])
+def test_bn_folding_keeps_outputs(name):
+    model = randomised(name)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    fused = fuse_conv_bn(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_onnx_runtime_matches_pytorch_at_two_batch_sizes(v2, opset, tmp_path):
+    export_onnx(v2, tmp_path / "m.onnx", opset=opset, dynamic_batch=True)
+    runtime = load_runtime(tmp_path / "m.onnx", "onnxruntime")
+    for batch in (1, 7):
+        x = torch.randn(batch, 3, SIZE, SIZE)
+        with torch.no_grad():
+            expected = v2(x)
+        assert expected.abs().max() > 1  # logits large enough for the tolerance to mean something
+        assert (runtime(x) - expected).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [("shufflenet_v1_g3_x0_5", {}), ("shufflenet_v1_g8_x0_5", {}), ("shufflenet_v2_x0_5", {}),
+     ("shufflenet_v2_x0_5", {"layout": "megvii"}), ("shufflenet_v2_plus_small", {})],
+)
+def test_exported_graph_has_no_tensor_above_rank_4(name, kwargs):
+    proto = to_onnx(randomised(name, **kwargs), opset=13, dynamic_batch=True)
+    assert max_tensor_rank(proto) == 4
+    ops = {node.op_type for node in proto.graph.node}
+    assert "BatchNormalization" not in ops  # folded into the convolutions
+
+
+def test_metadata_travels_with_the_onnx_file(v2, tmp_path):
+    v2.class_names = tuple(f"c{i}" for i in range(1000))
+    try:
+        export_onnx(v2, tmp_path / "m.onnx", opset=18)
+    finally:
+        v2.class_names = None
+    runtime = load_runtime(tmp_path / "m.onnx")
+    assert runtime.backend == "onnxruntime"
+    assert runtime.preprocessing == v2.preprocessing
+    assert runtime.class_names[3] == "c3" and runtime.model_name == "shufflenet_v2_x0_5"
+    batch_dim = onnx.load(str(tmp_path / "m.onnx")).graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_value == 1  # static batch unless asked for a dynamic one
+
+
+def test_unsupported_opset_is_a_user_error(v2):
+    with pytest.raises(UserError, match="opset 9"):
+        to_onnx(v2, opset=9)
+
+
+def test_torchscript_export(v2, tmp_path):
+    export_torchscript(v2, tmp_path / "m.pt")
+    extra = {"shufflenet.json": ""}
+    loaded = torch.jit.load(str(tmp_path / "m.pt"), _extra_files=extra)
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), v2(x), atol=1e-4, rtol=1e-4)
+    assert json.loads(extra["shufflenet.json"])["model_name"] == "shufflenet_v2_x0_5"
+
+
+
+
+def test_openvino_matches_pytorch(v2):
+    pytest.importorskip("openvino")
+    runtime = load_runtime(v2, "openvino")
+    x = torch.randn(7, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert (runtime(x) - v2(x)).abs().max() <= 1e-3
+
+
+# -- INT8 on a small trained model ------------------------------------------------------------------
+def coloured_squares(count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """32x32 noise images with a bright square in the channel given by the label (3 classes)."""
+    labels = rng.integers(0, 3, count)
+    images = rng.integers(0, 120, (count, 32, 32, 3)).astype(np.uint8)
+    for image, label in zip(images, labels):
+        top, left = rng.integers(0, 16, 2)
+        image[top : top + 16, left : left + 16, label] += 120
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """V2 x0.5 (CIFAR stem) trained for a few seconds until it separates the three classes."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    model = get_model("shufflenet_v2_x0_5", num_classes=3, small_input=True)
+    model.preprocessing, model.class_names = CIFAR10, ("red", "green", "blue")
+    transform = CIFAR10.transform()
+
+    def batch(count):
+        images, labels = coloured_squares(count, rng)
+        return torch.stack([transform(Image.fromarray(i)) for i in images]), torch.as_tensor(labels)
+
+    optimizer = torch.optim.AdamW(model.parameters(), 3e-3)
+    for _ in range(25):
+        x, y = batch(32)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for module in model.modules():  # re-estimate BN statistics with the final weights
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    with torch.no_grad():
+        for _ in range(4):
+            model(batch(64)[0])
+    folder = tmp_path_factory.mktemp("int8")
+    calib = folder / "calib"
+    calib.mkdir()
+    for i, image in enumerate(coloured_squares(48, rng)[0]):
+        Image.fromarray(image).save(calib / f"{i:03d}.png")
+    save_checkpoint(model.eval(), folder / "small.safetensors")
+    return model, folder, batch(256)
+
+
+def test_int8_export_stays_close_to_fp32(trained, capsys):
+    model, folder, (x, y) = trained
+    out = folder / "small.int8.onnx"
+    status = main(["export", str(folder / "small.safetensors"), "--int8", "--calib", str(folder / "calib"),
+                   "--dynamic-batch", "-o", str(out)])
+    assert status == 0 and "INT8 calibrated on 48 images" in capsys.readouterr().out
+    quantized = onnx.load(str(out))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in quantized.graph.node}
+    int8 = load_runtime(out)
+    assert int8.class_names == ("red", "green", "blue") and int8.preprocessing == CIFAR10
+    with torch.no_grad():
+        fp32 = model(x)
+    fp32_accuracy = (fp32.argmax(1) == y).float().mean().item()
+    int8_accuracy = (int8(x).argmax(1) == y).float().mean().item()
+    assert fp32_accuracy > 0.9  # the model did learn, so the comparison means something
+    assert int8_accuracy >= fp32_accuracy - 0.01
+    assert (int8(x).argmax(1) == fp32.argmax(1)).float().mean() >= 0.98
+
+
+def test_int8_needs_calibration_images(trained, tmp_path):
+    _, folder, _ = trained
+    assert main(["export", str(folder / "small.safetensors"), "--int8"]) == 2
+    assert main(["export", str(folder / "small.safetensors"), "--int8", "--calib", str(tmp_path)]) == 2
+
+
+# -- benchmark --------------------------------------------------------------------------------------
+def test_benchmark_measures_each_backend(trained):
+    model = trained[0]
+    rows = benchmark(model, ("eager", "fused", "onnxruntime"), (1, 4), device="cpu", threads=1, warmup=1, iters=3)
+    assert [(r["backend"], r["batch_size"]) for r in rows] == [
+        (b, n) for b in ("eager", "fused", "onnxruntime") for n in (1, 4)
+    ]
+    for row in rows:
+        assert 0 < row["median_ms"] <= row["p90_ms"]
+        assert row["images_per_s"] == pytest.approx(1000 * row["batch_size"] / row["median_ms"])
+
+
+def test_bench_cli_json_and_usage_errors(trained, capsys):
+    checkpoint = str(trained[1] / "small.safetensors")
+    assert main(["bench", checkpoint, "--backend", "eager", "--batch-size", "2", "--iters", "2", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["backend"] == "eager" and row["batch_size"] == 2
+    assert main(["bench", checkpoint, "--backend", "tensorrt"]) == 2
+    assert main(["bench"]) == 2
