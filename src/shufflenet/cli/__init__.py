@@ -13,7 +13,7 @@ import sys
 
 from ..errors import UserError
 
-COMMAND_MODULES = ("zoo", "demo", "convert", "deploy")
+COMMAND_MODULES = ("zoo", "demo", "convert", "deploy", "engine")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,13 +40,12 @@ class Preprocessing:
 
     def transform(self) -> v2.Compose:
         """A transform from a PIL image or uint8 tensor (C, H, W) to the model's input tensor."""
-        steps = [
-            v2.ToImage(),
-            v2.Resize(self.resize_size, interpolation=InterpolationMode(self.interpolation), antialias=True),
-            v2.CenterCrop(self.crop_size),
-            *self.tensor_steps(),
-        ]
-        return v2.Compose(steps)
+        return v2.Compose([v2.ToImage(), *self.geometry_steps(), *self.tensor_steps()])
+
+    def geometry_steps(self) -> list[nn.Module]:
+        """Resize and centre-crop: the part that works on uint8 images, before batching."""
+        interpolation = InterpolationMode(self.interpolation)
+        return [v2.Resize(self.resize_size, interpolation=interpolation, antialias=True), v2.CenterCrop(self.crop_size)]
 
     def tensor_steps(self) -> list[nn.Module]:
         """The steps after geometry: dtype, normalisation, channel order."""
@@ -78,3 +77,39 @@ IMAGENET = Preprocessing()
 IMAGENET_RESIZE_232 = Preprocessing(resize_size=232)
 MEGVII = Preprocessing(mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255), channel_order="BGR")
 CIFAR10 = Preprocessing(crop_size=32, resize_size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+
+
+def train_transform(
+    crop: str = "random_resized",
+    crop_size: int = 224,
+    scale: tuple[float, float] = (0.08, 1.0),
+    padding: int = 4,
+    hflip: float = 0.5,
+    color_jitter: float = 0.0,
+    auto_augment: str | None = None,
+    random_erasing: float = 0.0,
+    interpolation: str = "bilinear",
+) -> v2.Compose:
+    """Training augmentation on uint8 (C, H, W) tensors; the tensor steps follow on the batch.
+
+    ``crop="random_resized"`` is the ImageNet recipe (RandomResizedCrop); ``crop="pad"`` the CIFAR
+    one (zero-pad ``padding`` pixels, random ``crop_size`` crop).
+    """
+    if crop == "random_resized":
+        mode = InterpolationMode(interpolation)
+        steps: list[nn.Module] = [v2.RandomResizedCrop(crop_size, scale=scale, interpolation=mode, antialias=True)]
+    elif crop == "pad":
+        steps = [v2.RandomCrop(crop_size, padding=padding)]
+    else:
+        raise ValueError(f"crop must be 'random_resized' or 'pad', got {crop!r}")
+    if hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(hflip))
+    if auto_augment == "trivial_augment_wide":
+        steps.append(v2.TrivialAugmentWide(interpolation=InterpolationMode(interpolation)))
+    elif auto_augment is not None:
+        raise ValueError(f"auto_augment must be 'trivial_augment_wide' or None, got {auto_augment!r}")
+    if color_jitter > 0:
+        steps.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
+    if random_erasing > 0:
+        steps.append(v2.RandomErasing(random_erasing))
+    return v2.Compose(steps)

@@ -1,0 +1,96 @@
+"""``shufflenet train`` and ``shufflenet test``: the training and evaluation engine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .table import format_table
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train or fine-tune a model from a YAML recipe",
+        description="Train from a recipe in configs/. Runs as is in one process, or under "
+        "`torchrun --nproc-per-node N` with DDP.",
+    )
+    p.add_argument("config", metavar="CONFIG", help="YAML recipe, e.g. configs/cifar10/shufflenet_v2_x1_0.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set optim.lr=0.1 (repeatable)")
+    p.add_argument("--work-dir", help="output folder (default runs/<config name>)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
+                   help="continue from CKPT, or from WORK_DIR/checkpoints/last.pt when given alone (fresh start if none)")
+    p.add_argument("--pretrained", metavar="PATH|TAG", help="start from these weights (the classifier is re-initialised)")
+    p.add_argument("--num-classes", type=int, help="classifier outputs (model.num_classes)")
+    p.add_argument("--data", metavar="DIR", help="a folder holding train/ and val/ (data.root)")
+    p.add_argument("--epochs", type=int, help="schedule.epochs")
+    p.add_argument("--batch-size", type=int, help="images per process and step (train.batch_size)")
+    p.add_argument("--lr", type=float, help="optim.lr (at optim.base_batch_size when that is set)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (train.device)")
+    p.add_argument("--strict-data", action="store_true", help="stop at an unreadable image instead of skipping it")
+    p.set_defaults(func=run_train)
+
+    p = subparsers.add_parser(
+        "test",
+        help="evaluate a checkpoint: top-1/top-5, per-class accuracy, confusion matrix, throughput",
+        description="Evaluate CHECKPOINT (model.safetensors, a training checkpoint or any supported "
+        "checkpoint file) on a labelled image folder.",
+    )
+    p.add_argument("source", metavar="CONFIG|MODEL", help="the training recipe, or a model name")
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("--data", metavar="DIR", help="labelled images: DIR/val, or DIR itself when it holds the classes")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", metavar="DIR", help="where confusion.png goes (default: next to the checkpoint)")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.set_defaults(func=run_test)
+
+
+# -- train ---------------------------------------------------------------------------------------
+FLAG_KEYS = {
+    "data": "data.root",
+    "epochs": "schedule.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "optim.lr",
+    "device": "train.device",
+    "num_classes": "model.num_classes",
+    "pretrained": "model.pretrained",
+}
+
+
+def flag_overrides(args: argparse.Namespace) -> list[str]:
+    """The plain flags as ``--set`` items (they win over earlier --set of the same key)."""
+    items = [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None]
+    return items + (["data.strict=true"] if args.strict_data else [])
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..engine.config import load_config
+    from ..engine.trainer import train
+
+    config = load_config(args.config, [*args.overrides, *flag_overrides(args)])
+    work_dir = Path(args.work_dir or Path("runs") / Path(args.config).stem)
+    summary = train(config, work_dir, resume=args.resume)
+    if summary.get("val_top1") is not None:
+        print(f"done: top-1 {summary['val_top1']:.2f}%  top-5 {summary['val_top5']:.2f}%  (best {summary['best_top1']:.2f}%)"
+              f"  weights: {work_dir / 'model.safetensors'}")
+    return 0
+
+
+# -- test ----------------------------------------------------------------------------------------
+def run_test(args: argparse.Namespace) -> int:
+    from ..engine.tester import test
+
+    result = test(args.source, args.checkpoint, args.data, args.batch_size, args.workers, args.device, args.out)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "confusion"}))
+        return 0
+    print(f"{result['model']}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  on {result['images']} images"
+          f"  ({result['images_per_s']:.0f} img/s, {result['skipped_images']} skipped)")
+    rows = [[name, acc] for name, acc in zip(result["class_names"], result["per_class"])]
+    print(format_table(["class", "top-1 %"], rows))
+    print(f"confusion matrix: {result['confusion_png']}")
+    return 0

@@ -1,0 +1,192 @@
+"""Image classification datasets: ImageFolder directories and ``relative/path label`` list files.
+
+Images are decoded with ``torchvision.io.decode_image`` into uint8 tensors and augmented as uint8
+(transforms v2); conversion to float and normalisation happen later, on the whole batch, on the
+training device. An unreadable image becomes a ``CorruptSample`` instead of an exception, so the
+training loop can warn, count and go on (or stop, with ``strict``) in the main process.
+
+Augmentation randomness is a function of (seed, epoch, sample index) — see ``ResumableSampler`` —
+so a resumed run, any number of workers and any number of processes see the same augmented images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+from torchvision.io import ImageReadMode, decode_image
+
+from ..errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+
+
+class CorruptSample(NamedTuple):
+    path: str
+    reason: str
+
+
+class ImageDataset(Dataset):
+    """(path, label) samples; ``dataset[i]`` or ``dataset[(i, seed)]`` -> (uint8 image, label)."""
+
+    def __init__(self, samples: list[tuple[str, int]], classes: list[str], transform: Callable | None = None) -> None:
+        self.samples = samples
+        self.classes = classes
+        self.transform = transform
+        self.decoded: torch.Tensor | None = None  # (N, 3, H, W) uint8 once ``cache_decoded`` ran
+        self.unreadable: dict[int, str] = {}
+
+    @classmethod
+    def from_path(cls, path: str | Path, transform: Callable | None = None) -> ImageDataset:
+        """An ImageFolder directory (one sub-folder per class) or a list file."""
+        path = Path(path)
+        if path.is_dir():
+            return cls(*_scan_folder(path), transform)
+        if path.is_file():
+            return cls(*_read_list(path), transform)
+        raise UserError(f"dataset not found: {path} (expected a folder with one sub-folder per class, or a list file)")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int] | CorruptSample:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        path, label = self.samples[index]
+        try:
+            image = self._image(index)
+        except (RuntimeError, OSError, ValueError) as error:
+            return CorruptSample(path, str(error).splitlines()[0] if str(error) else type(error).__name__)
+        if self.transform is not None:
+            if seed is not None:
+                torch.manual_seed(seed)
+            image = self.transform(image)
+        return image, label
+
+    def _image(self, index: int) -> torch.Tensor:
+        if self.decoded is not None:
+            if index in self.unreadable:
+                raise ValueError(self.unreadable[index])
+            return self.decoded[index]
+        return decode_file(self.samples[index][0])
+
+    def cache_decoded(self, cache_dir: Path) -> None:
+        """Decode every image once into one uint8 tensor (all images must share one size).
+
+        The tensor is saved under ``cache_dir``, keyed by the file list, sizes and modification
+        times, so later runs load it in a second instead of decoding again.
+        """
+        cache = cache_dir / f"decoded-{self._fingerprint()}.pt"
+        if cache.is_file():
+            saved = torch.load(cache, weights_only=True)
+            self.decoded, self.unreadable = saved["images"], dict(saved["unreadable"])
+            return
+        images, unreadable = [], {}
+        for i, (path, _) in enumerate(self.samples):
+            try:
+                images.append(decode_file(path))
+            except (RuntimeError, OSError, ValueError) as error:
+                unreadable[i] = str(error).splitlines()[0]
+                images.append(None)
+        shapes = {tuple(im.shape) for im in images if im is not None}
+        if len(shapes) != 1:
+            raise UserError(f"data.cache_decoded needs images of one size; found {sorted(shapes)[:3]}")
+        blank = torch.zeros(shapes.pop(), dtype=torch.uint8)
+        self.decoded = torch.stack([blank if im is None else im for im in images])
+        self.unreadable = unreadable
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"images": self.decoded, "unreadable": list(unreadable.items())}, temporary)
+        os.replace(temporary, cache)
+
+    def _fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for path, label in self.samples:
+            stat = os.stat(path)
+            digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()[:16]
+
+
+def decode_file(path: str) -> torch.Tensor:
+    with open(path, "rb") as file:
+        data = torch.frombuffer(bytearray(file.read()), dtype=torch.uint8)
+    if data.numel() == 0:
+        raise ValueError("empty file")
+    return decode_image(data, mode=ImageReadMode.RGB)
+
+
+def _scan_folder(root: Path) -> tuple[list[tuple[str, int]], list[str]]:
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise UserError(f"{root}: no class sub-folders (expected {root}/<class>/<image>)")
+    samples = []
+    for label, name in enumerate(classes):
+        for directory, _, files in sorted(os.walk(root / name, followlinks=True)):
+            samples += [(os.path.join(directory, f), label) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    if not samples:
+        raise UserError(f"{root}: no images with extensions {', '.join(IMAGE_EXTENSIONS)}")
+    return samples, classes
+
+
+def _read_list(path: Path) -> tuple[list[tuple[str, int]], list[str]]:
+    """``relative/path label`` per line, paths relative to the list file's folder."""
+    samples = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, _, label = line.strip().rpartition(" ")
+        if not name or not label.isdigit():
+            raise UserError(f"{path}:{number}: expected 'relative/path label', got {line!r}")
+        samples.append((str(path.parent / name.strip()), int(label)))
+    if not samples:
+        raise UserError(f"{path}: no samples")
+    classes = [str(i) for i in range(max(label for _, label in samples) + 1)]
+    return samples, classes
+
+
+def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[CorruptSample]]:
+    """Stack the readable samples; hand the unreadable ones on for the loop to report."""
+    good = [s for s in batch if not isinstance(s, CorruptSample)]
+    bad = [s for s in batch if isinstance(s, CorruptSample)]
+    if not good:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), bad
+    return torch.stack([s[0] for s in good]), torch.tensor([s[1] for s in good]), bad
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A per-sample seed that differs by epoch and index (63-bit, no collisions in practice)."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that yields (index, augmentation seed) and can start mid-epoch.
+
+    With one process it is a plain shuffled sampler; with N, rank r takes every N-th index of the
+    same permutation, so N processes of batch B see the samples one process of batch N·B sees.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+        self.start = 0
+
+    def set_position(self, epoch: int, start: int = 0) -> None:
+        """Iterate epoch ``epoch`` from its ``start``-th sample of this rank."""
+        self.set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        indices = list(super().__iter__())[self.start :]
+        return iter([(i, sample_seed(self.seed, self.epoch, i)) for i in indices])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+def shard_indices(length: int, rank: int, world_size: int) -> list[int]:
+    """Evaluation shard: every sample exactly once across ranks (no padding duplicates)."""
+    return list(range(rank, length, world_size)) if world_size > 1 else list(range(length))

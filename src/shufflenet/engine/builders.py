@@ -1,0 +1,148 @@
+"""From a ``Config`` to the objects the training loop uses: data, model, optimizer, schedule."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+
+from ..data.datasets import ImageDataset, ResumableSampler, collate, shard_indices
+from ..data.preprocess import Preprocessing, train_transform
+from ..errors import UserError
+from .config import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig
+from .distributed import Runtime
+
+CACHE_DIR = Path.home() / ".cache" / "shufflenet"
+
+
+# -- data ----------------------------------------------------------------------------------------
+def preprocessing(data: DataConfig) -> Preprocessing:
+    return Preprocessing(**vars(data.eval))
+
+
+def split_paths(data: DataConfig) -> tuple[Path, Path]:
+    """(train, val): the explicit paths, else ROOT/train and ROOT/val."""
+    if data.root is None and (data.train is None or data.val is None):
+        raise UserError("no data: pass --data DIR (a folder holding train/ and val/) or set data.train and data.val")
+    root = Path(data.root) if data.root else None
+    return Path(data.train) if data.train else root / "train", Path(data.val) if data.val else root / "val"
+
+
+def build_datasets(data: DataConfig) -> tuple[ImageDataset, ImageDataset]:
+    augment = data.augment
+    train_steps = train_transform(
+        augment.crop, augment.crop_size, augment.scale, augment.padding, augment.hflip, augment.color_jitter,
+        augment.auto_augment, augment.random_erasing, data.eval.interpolation,
+    )
+    train_path, val_path = split_paths(data)
+    train_set = ImageDataset.from_path(train_path, train_steps)
+    val_set = eval_dataset(val_path, preprocessing(data))
+    if data.cache_decoded:
+        for dataset in (train_set, val_set):
+            dataset.cache_decoded(CACHE_DIR)
+    return train_set, val_set
+
+
+def eval_dataset(path: Path, prep: Preprocessing) -> ImageDataset:
+    return ImageDataset.from_path(path, v2.Compose(prep.geometry_steps()))
+
+
+def train_loader(dataset: ImageDataset, batch_size: int, runtime: Runtime, seed: int, workers: int) -> DataLoader:
+    sampler = ResumableSampler(dataset, runtime.world_size, runtime.rank, shuffle=True, seed=seed)
+    return _loader(dataset, batch_size, sampler, workers, drop_last=True)
+
+
+def eval_loader(dataset: ImageDataset, batch_size: int, runtime: Runtime, workers: int) -> DataLoader:
+    return _loader(dataset, batch_size, shard_indices(len(dataset), runtime.rank, runtime.world_size), workers, False)
+
+
+def _loader(dataset, batch_size: int, sampler, workers: int, drop_last: bool) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=drop_last,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+    )
+
+
+def normalizer(prep: Preprocessing, device: torch.device) -> nn.Module:
+    """uint8 batch -> float, normalised, channel order of the model."""
+    return nn.Sequential(*prep.tensor_steps()).to(device)
+
+
+def batch_mixer(data: DataConfig, num_classes: int) -> v2.Transform | None:
+    """MixUp and/or CutMix on the normalised batch (one of them per batch when both are on)."""
+    mixers = []
+    if data.augment.mixup_alpha > 0:
+        mixers.append(v2.MixUp(alpha=data.augment.mixup_alpha, num_classes=num_classes))
+    if data.augment.cutmix_alpha > 0:
+        mixers.append(v2.CutMix(alpha=data.augment.cutmix_alpha, num_classes=num_classes))
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+
+# -- model ---------------------------------------------------------------------------------------
+def build_model(model: ModelConfig, class_names: list[str] | None = None) -> nn.Module:
+    from .. import get_model
+
+    kwargs = {**model.kwargs, "small_input": model.small_input}
+    try:
+        if model.pretrained:
+            net = get_model(model.name, pretrained=model.pretrained, num_classes=model.num_classes, **kwargs)
+        else:
+            net = get_model(model.name, num_classes=model.num_classes, **kwargs)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"model {model.name!r}: {error}") from None
+    if class_names is not None:
+        net.class_names = tuple(class_names)
+    return net
+
+
+def check_classes(config: Config, dataset: ImageDataset) -> None:
+    found, expected = len(dataset.classes), config.model.num_classes
+    if found > expected or (found < expected and not dataset.classes[0].isdigit()):
+        raise UserError(
+            f"the training data has {found} classes but model.num_classes is {expected}; pass --num-classes {found}"
+        )
+
+
+# -- optimisation --------------------------------------------------------------------------------
+def scaled_lr(optim: OptimConfig, global_batch: int) -> float:
+    """The linear scaling rule: lr is given for ``base_batch_size`` images per optimizer step."""
+    return optim.lr if optim.base_batch_size is None else optim.lr * global_batch / optim.base_batch_size
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig, global_batch: int) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (no_decay if optim.no_decay_1d and parameter.ndim <= 1 else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    lr = scaled_lr(optim, global_batch)
+    if optim.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum, nesterov=optim.nesterov)
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def build_scheduler(optimizer, schedule: ScheduleConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-optimizer-step schedule: linear warm-up, then cosine, linear or constant decay."""
+    total = max(1, schedule.epochs * steps_per_epoch)
+    warmup = round(schedule.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return schedule.warmup_start_factor + (1 - schedule.warmup_start_factor) * step / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        shape = {"cosine": 0.5 * (1 + math.cos(math.pi * progress)), "linear": 1 - progress, "constant": 1.0}
+        return schedule.final_lr_factor + (1 - schedule.final_lr_factor) * shape[schedule.decay]
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

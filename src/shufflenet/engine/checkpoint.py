@@ -1,0 +1,62 @@
+"""Training-state checkpoints: everything ``--resume`` needs, written atomically.
+
+A checkpoint is one ``torch.save`` file of tensors and plain values (loaded with
+``weights_only=True``): model, optimizer, scheduler, grad scaler and EMA state dicts, the position
+(epoch, optimizer steps done in that epoch, global step), the RNG states and the metrics history.
+It is written to a temporary file in the same folder and renamed over the old one, so a kill at
+any moment leaves either the old or the new checkpoint, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+
+
+def save_atomic(state: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def copy_atomic(source: Path, path: Path) -> None:
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    shutil.copyfile(source, temporary)
+    os.replace(temporary, path)
+
+
+def load_training_state(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged or foreign file
+        raise UserError(f"{path}: not a readable training checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(state, dict) or "model" not in state or "position" not in state:
+        raise UserError(f"{path}: not a training-state checkpoint of `shufflenet train` (no model/position)")
+    return state
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _as_tuple(value):  # torch.load gives lists back where random.getstate had tuples
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value

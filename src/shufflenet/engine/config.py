@@ -1,0 +1,237 @@
+"""The training recipe: one typed schema of nested dataclasses, loaded from YAML and validated.
+
+A YAML file may name ``_base_: other.yaml`` (relative to itself); its keys are merged over the
+base. Any key can be overridden with ``--set section.key=value`` (the value is parsed as YAML).
+An unknown key or a value of the wrong type fails at once with the list of valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ..errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "shufflenet_v2_x1_0"
+    num_classes: int = 1000
+    small_input: bool = False  # stem without down-sampling, for 32 px images
+    pretrained: str | None = None  # checkpoint path or tag; the classifier is re-initialised
+    kwargs: dict = field(default_factory=dict)  # other architecture options: layout, dropout, norm_eval...
+
+
+@dataclass
+class AugmentConfig:
+    """Per-image training augmentation (on uint8 tensors) and per-batch mixing."""
+
+    crop: Literal["random_resized", "pad"] = "random_resized"
+    crop_size: int = 224
+    scale: tuple[float, float] = (0.08, 1.0)  # random_resized: area fraction
+    padding: int = 4  # pad: pixels of zero padding before the random crop
+    hflip: float = 0.5
+    color_jitter: float = 0.0  # brightness = contrast = saturation strength
+    auto_augment: Literal["trivial_augment_wide"] | None = None
+    random_erasing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation preprocessing; saved with the weights as their ``Preprocessing``."""
+
+    resize_size: int = 256
+    crop_size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+
+
+@dataclass
+class DataConfig:
+    root: str | None = None  # a folder holding train/ and val/
+    train: str | None = None  # image folder or list file; default ROOT/train
+    val: str | None = None  # default ROOT/val
+    num_workers: int = 2
+    cache_decoded: bool = False  # decode every image once into memory (small images such as CIFAR)
+    strict: bool = False  # an unreadable image is an error instead of a counted warning
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1
+    base_batch_size: int | None = None  # lr is for this global batch and scales linearly; None: as given
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 4e-5
+    no_decay_1d: bool = True  # no weight decay on BN weights, biases and every other 1-D parameter
+    clip_grad_norm: float | None = None
+
+
+@dataclass
+class ScheduleConfig:
+    epochs: int = 100
+    warmup_epochs: float = 0.0
+    warmup_start_factor: float = 0.01
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    final_lr_factor: float = 0.0  # lr at the end, as a fraction of the peak
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64  # per process
+    grad_accum_steps: int = 1
+    label_smoothing: float = 0.0
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False
+    ema_decay: float | None = None  # e.g. 0.9998 per optimizer step; None: no EMA
+    bn_recalibration_batches: int = 0  # Megvii: a final pass re-estimating BN statistics
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:1...
+    checkpoint_every_steps: int = 0  # 0: only at the end of every epoch
+    log_every_steps: int = 20
+    eval_every_epochs: int = 1
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# -- loading -----------------------------------------------------------------------------------
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read ``path`` (with its ``_base_`` chain), apply ``key=value`` overrides, validate."""
+    raw = _read_yaml(Path(path)) if path else {}
+    for item in overrides:
+        _apply_override(raw, item)
+    return from_dict(raw)
+
+
+def from_dict(raw: dict) -> Config:
+    return _build(Config, raw, "")
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise UserError(f"config {path}: _base_ chain loops back to itself")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"config {path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"config {path}: expected a mapping of sections, got {type(raw).__name__}")
+    base = raw.pop("_base_", None)
+    if base is None:
+        return raw
+    return _merge(_read_yaml(path.parent / base, (*seen, path.resolve())), raw)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    merged = dict(base)
+    for key, value in top.items():
+        both_dicts = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if both_dicts and key != "kwargs" else value
+    return merged
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"--set expects KEY=VALUE (e.g. optim.lr=0.1), got {item!r}")
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {key}: {part!r} is not a section")
+    node[leaf] = yaml.safe_load(text) if text.strip() else None
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise UserError(f"config section {prefix.rstrip('.') or '(top)'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in raw if k not in names]
+    if unknown:
+        raise UserError(f"unknown config key {prefix}{unknown[0]!r}; valid keys in {prefix.rstrip('.') or 'the top level'}: {', '.join(names)}")
+    values = {}
+    for key, value in raw.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = _build(hint, value, f"{prefix}{key}.")
+        else:
+            values[key] = _check(value, hint, f"{prefix}{key}")
+    return cls(**values)
+
+
+def _check(value: Any, hint: Any, key: str) -> Any:
+    """``value`` converted to ``hint`` (int -> float, list -> tuple) or a UserError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        for option in options:
+            try:
+                return _check(value, option, key)
+            except UserError:
+                continue
+        raise UserError(f"config key {key}: expected {_describe(hint)}, got {value!r}")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise UserError(f"config key {key}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+    if origin is tuple:
+        if isinstance(value, (list, tuple)) and len(value) == len(args):
+            return tuple(_check(v, a, key) for v, a in zip(value, args))
+        raise UserError(f"config key {key}: expected a list of {len(args)} numbers, got {value!r}")
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool, dict) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise UserError(f"config key {key}: expected {_describe(hint)}, got {value!r}")
+
+
+def _describe(hint: Any) -> str:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if args and typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args) + " or null"
+    return getattr(hint, "__name__", str(hint))
+
+
+def save_config(config: Config, path: Path) -> None:
+    data = config.to_dict()
+    path.write_text(yaml.safe_dump(_plain(data), sort_keys=False))
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists so that safe_dump writes plain YAML."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

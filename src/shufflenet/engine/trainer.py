@@ -1,0 +1,355 @@
+"""``train(config, work_dir)``: setup, the epoch loop, checkpoints — one function, top to bottom.
+
+Run it in one process, or under ``torchrun --nproc-per-node N`` for DDP (the environment decides).
+Work dir layout: ``config.yaml`` (the resolved recipe), ``metrics.jsonl`` (one line per epoch),
+``checkpoints/last.pt`` and ``best.pt`` (training state for ``--resume``), ``model.safetensors``
+(the final weights with their metadata), ``curves.png`` and ``tb/`` (TensorBoard, when installed).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from ..errors import UserError
+from . import builders
+from .checkpoint import copy_atomic, load_training_state, restore_rng_state, rng_state, save_atomic
+from .config import Config, save_config
+from .distributed import Runtime, all_reduce_sum, barrier, init_runtime, shutdown
+from .evaluate import autocast, evaluate, to_input
+
+
+class TrainingDiverged(UserError):
+    exit_code = 3
+
+
+class TrainingInterrupted(UserError):
+    exit_code = 130
+
+
+@dataclass
+class Position:
+    epoch: int = 0  # the epoch in progress (0-based)
+    step_in_epoch: int = 0  # optimizer steps done in it
+    global_step: int = 0
+
+
+def train(config: Config, work_dir: str | Path, resume: str | Path | bool = False) -> dict:
+    """Train ``config``; ``resume=True`` continues from ``work_dir/checkpoints/last.pt`` if present."""
+    runtime = init_runtime(config.train.device)
+    try:
+        with StopRequest() as stop:
+            return _train(config, Path(work_dir), resume, runtime, stop)
+    finally:
+        shutdown()
+
+
+def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: Runtime, stop: StopRequest) -> dict:
+    # ---- setup --------------------------------------------------------------------------------
+    tc, device = config.train, runtime.device
+    if tc.amp == "fp16" and device.type != "cuda":
+        raise UserError("train.amp=fp16 needs a CUDA device; use bf16 on CPU")
+    checkpoints = work_dir / "checkpoints"
+    if runtime.is_main:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        save_config(config, work_dir / "config.yaml")
+    torch.manual_seed(tc.seed)
+    random.seed(tc.seed)
+
+    train_set, val_set = builders.build_datasets(config.data)
+    builders.check_classes(config, train_set)
+    train_loader = builders.train_loader(train_set, tc.batch_size, runtime, tc.seed, config.data.num_workers)
+    val_loader = builders.eval_loader(val_set, tc.batch_size, runtime, config.data.num_workers)
+    steps_per_epoch = len(train_loader) // tc.grad_accum_steps
+    if steps_per_epoch == 0:
+        raise UserError(f"{len(train_set)} training images are fewer than one global batch; lower --batch-size")
+    prep = builders.preprocessing(config.data)
+    normalize = builders.normalizer(prep, device)
+    mixer = builders.batch_mixer(config.data, config.model.num_classes)
+    report_corrupt = CorruptReporter(config.data.strict, runtime)
+
+    model = builders.build_model(config.model, train_set.classes)
+    model.preprocessing = prep
+    if tc.sync_bn and runtime.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if tc.channels_last:
+        model.to(memory_format=torch.channels_last)
+    global_batch = tc.batch_size * runtime.world_size * tc.grad_accum_steps
+    optimizer = builders.build_optimizer(model, config.optim, global_batch)
+    scheduler = builders.build_scheduler(optimizer, config.schedule, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=tc.amp == "fp16")
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True) if tc.ema_decay else None
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+
+    position, history, best_top1 = Position(), [], -1.0
+    resume_path = _resume_path(resume, checkpoints)
+    if resume_path is not None:
+        state = load_training_state(resume_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        position, history, best_top1 = Position(**state["position"]), state["history"], state["best_top1"]
+        restore_rng_state(state["rng"])
+        _say(runtime, f"resumed from {resume_path} at epoch {position.epoch + 1}, step {position.global_step}")
+
+    ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if runtime.distributed else model
+    forward = torch.compile(ddp_model) if tc.compile else ddp_model
+    metrics_log = MetricsLog(work_dir, runtime)
+
+    def save(path: Path) -> None:
+        """Rank 0 writes the full training state; every rank waits so no one runs ahead."""
+        if runtime.is_main:
+            save_atomic({
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "position": vars(position).copy(),
+                "history": history,
+                "best_top1": best_top1,
+                "rng": rng_state(),
+                "config": config.to_dict(),
+                "class_names": list(train_set.classes),
+            }, path)
+        barrier(runtime)
+
+    _say(runtime, f"training {config.model.name} on {len(train_set)} images ({len(train_set.classes)} classes), "
+         f"{runtime.world_size} process(es) on {device}, global batch {global_batch}, "
+         f"lr {optimizer.param_groups[0]['initial_lr']:.4g}, {config.schedule.epochs} epochs of {steps_per_epoch} steps")
+
+    # ---- loop ---------------------------------------------------------------------------------
+    for epoch in range(position.epoch, config.schedule.epochs):
+        model.train()
+        skip_batches = position.step_in_epoch * tc.grad_accum_steps
+        train_loader.sampler.set_position(epoch, skip_batches * tc.batch_size)
+        window = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, images, corrupt images
+        epoch_totals = torch.zeros(3, dtype=torch.float64)
+        bar = tqdm(total=steps_per_epoch, initial=position.step_in_epoch, desc=f"epoch {epoch + 1}/{config.schedule.epochs}",
+                   disable=not runtime.is_main, dynamic_ncols=True, leave=False, file=sys.stderr)
+        start, timed_images = time.perf_counter(), 0.0
+        batches = iter(train_loader)
+        while position.step_in_epoch < steps_per_epoch:
+            for micro in range(tc.grad_accum_steps):
+                images, labels, corrupt = next(batches)
+                report_corrupt(corrupt)
+                window[2] += len(corrupt)
+                if not len(labels):
+                    continue
+                inputs, labels = to_input(images, normalize, device, tc.channels_last), labels.to(device)
+                targets = labels if mixer is None else None
+                if mixer is not None:
+                    inputs, targets = mixer(inputs, labels)
+                last_micro = micro == tc.grad_accum_steps - 1
+                sync_context = ddp_model.no_sync() if runtime.distributed and not last_micro else nullcontext()
+                with sync_context, autocast(device, tc.amp):
+                    loss = loss_fn(forward(inputs).float(), targets)
+                scaler.scale(loss / tc.grad_accum_steps).backward()
+                window[0] += loss.detach() * len(labels)
+                window[1] += len(labels)
+            if config.optim.clip_grad_norm:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            position.step_in_epoch += 1
+            position.global_step += 1
+            bar.update()
+
+            checkpoint_due = tc.checkpoint_every_steps > 0 and position.global_step % tc.checkpoint_every_steps == 0
+            local_stop = stop.requested and not runtime.distributed
+            if checkpoint_due or local_stop or position.global_step % tc.log_every_steps == 0:
+                totals = all_reduce_sum(torch.cat([window, torch.tensor([float(stop.requested)], dtype=torch.float64, device=device)]), runtime).cpu()
+                window.zero_()
+                if not torch.isfinite(totals[0]):
+                    raise TrainingDiverged(
+                        f"loss became {totals[0].item()} at epoch {epoch + 1}, step {position.global_step}; "
+                        f"the last good checkpoint is kept in {checkpoints / 'last.pt'} (try a lower optim.lr or train.clip_grad_norm)")
+                epoch_totals += totals[:3]
+                timed_images += totals[1].item()
+                speed = timed_images / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{totals[0].item() / max(totals[1].item(), 1):.4f}",
+                                lr=f"{optimizer.param_groups[0]['lr']:.4g}", img_s=f"{speed:.0f}")
+                if checkpoint_due or totals[3] > 0:
+                    save(checkpoints / "last.pt")
+                if totals[3] > 0:
+                    raise TrainingInterrupted(f"stopped by a signal; checkpoint saved at step {position.global_step} "
+                                              f"in {checkpoints / 'last.pt'} (continue with --resume)")
+        bar.close()
+        totals = all_reduce_sum(window, runtime).cpu()
+        if not torch.isfinite(totals[0]):
+            raise TrainingDiverged(f"loss became {totals[0].item()} in epoch {epoch + 1}; the last good checkpoint "
+                                   f"is kept in {checkpoints / 'last.pt'} (try a lower optim.lr)")
+        epoch_totals += totals
+        train_seconds = time.perf_counter() - start
+
+        # ---- evaluation and checkpoints, at the end of each epoch --------------------------------
+        row = {
+            "epoch": epoch + 1,
+            "step": position.global_step,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": epoch_totals[0].item() / max(epoch_totals[1].item(), 1),
+            "train_images_per_s": (epoch_totals[1].item()) / train_seconds,
+            "skipped_images": int(epoch_totals[2].item()),
+        }
+        last_epoch = epoch + 1 == config.schedule.epochs
+        if (epoch + 1) % tc.eval_every_epochs == 0 or last_epoch:
+            val = evaluate(model, val_loader, config.model.num_classes, normalize, runtime, tc.amp, tc.channels_last, report_corrupt)
+            row.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
+            if ema is not None:
+                row["ema_top1"] = evaluate(ema.module, val_loader, config.model.num_classes, normalize, runtime, tc.amp, tc.channels_last)["top1"]
+        row["time_s"] = round(time.perf_counter() - start, 2)
+        history.append(row)
+        metrics_log.write(history)
+        _say(runtime, "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        position = Position(epoch + 1, 0, position.global_step)
+        save(checkpoints / "last.pt")
+        top1 = row.get("ema_top1", row.get("val_top1", -1.0))
+        if top1 > best_top1:
+            best_top1 = top1
+            if runtime.is_main:
+                copy_atomic(checkpoints / "last.pt", checkpoints / "best.pt")
+
+    # ---- finish: BN recalibration, final weights, curves ------------------------------------
+    final = ema.module if ema is not None else model
+    summary = {"epochs": config.schedule.epochs, "best_top1": best_top1, **(history[-1] if history else {})}
+    if tc.bn_recalibration_batches:
+        recalibrate_bn(final, train_loader, normalize, device, tc.bn_recalibration_batches, tc.channels_last)
+        val = evaluate(final, val_loader, config.model.num_classes, normalize, runtime, tc.amp, tc.channels_last)
+        summary.update(recalibrated_top1=val["top1"], recalibrated_top5=val["top5"])
+        _say(runtime, f"after BN recalibration: top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}")
+    if runtime.is_main:
+        save_weights(final, work_dir / "model.safetensors", {"best_top1": best_top1, "epochs": config.schedule.epochs})
+        metrics_log.finish(history)
+        (work_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    barrier(runtime)
+    return summary
+
+
+# -- helpers of the loop ----------------------------------------------------------------------
+def _resume_path(resume: str | Path | bool, checkpoints: Path) -> Path | None:
+    if resume is True:
+        last = checkpoints / "last.pt"
+        return last if last.is_file() else None  # nothing yet: start afresh, so one command serves every session
+    return Path(resume) if resume else None
+
+
+def _say(runtime: Runtime, message: str) -> None:
+    if runtime.is_main:
+        tqdm.write(message, file=sys.stderr)
+
+
+class CorruptReporter:
+    """Warns once per unreadable image (or raises with ``strict``); the loop counts them."""
+
+    def __init__(self, strict: bool, runtime: Runtime) -> None:
+        self.strict, self.runtime, self.seen = strict, runtime, set()
+
+    def __call__(self, corrupt: list) -> None:
+        for sample in corrupt:
+            if self.strict:
+                raise UserError(f"unreadable image {sample.path}: {sample.reason} (drop --strict-data to skip such images)")
+            if sample.path not in self.seen:
+                self.seen.add(sample.path)
+                tqdm.write(f"warning: skipped unreadable image {sample.path}: {sample.reason}", file=sys.stderr)
+
+
+class StopRequest:
+    """SIGTERM or Ctrl-C asks the loop to save a checkpoint and stop; a second one stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self) -> StopRequest:
+        self.requested = False
+        self.previous = [signal.signal(sig, self._handle) for sig in self.SIGNALS]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in zip(self.SIGNALS, self.previous):
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+class MetricsLog:
+    """metrics.jsonl (rewritten whole, so a resumed run has no duplicate lines), TensorBoard, curves."""
+
+    def __init__(self, work_dir: Path, runtime: Runtime) -> None:
+        self.work_dir, self.enabled = work_dir, runtime.is_main
+        self.board = None
+        if self.enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.board = SummaryWriter(str(work_dir / "tb"))
+            except ImportError:  # tensorboard is optional
+                pass
+
+    def write(self, history: list[dict]) -> None:
+        if not self.enabled:
+            return
+        path = self.work_dir / "metrics.jsonl"
+        temporary = path.with_name(".metrics.jsonl.tmp")
+        temporary.write_text("".join(json.dumps(row) + "\n" for row in history))
+        temporary.replace(path)
+        if self.board is not None:
+            row = history[-1]
+            for key, value in row.items():
+                if isinstance(value, float) and key != "epoch":
+                    self.board.add_scalar(key, value, row["epoch"])
+            self.board.flush()
+
+    def finish(self, history: list[dict]) -> None:
+        from .plots import plot_curves
+
+        if history:
+            plot_curves(history, self.work_dir / "curves.png")
+        if self.board is not None:
+            self.board.close()
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader, normalize: nn.Module, device: torch.device, batches: int, channels_last: bool) -> None:
+    """Megvii's final pass: re-estimate BN running statistics as a plain average over ``batches``."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+    model.train()
+    loader.sampler.set_position(0)
+    for index, (images, _, _) in enumerate(loader):
+        if index == batches:
+            break
+        if len(images):
+            model(to_input(images, normalize, device, channels_last))
+    model.eval()
+
+
+def save_weights(model: nn.Module, path: Path, extra: dict) -> None:
+    """The final weights with their metadata (architecture, classes, preprocessing)."""
+    from ..weights import save_checkpoint
+
+    save_checkpoint(model, path, extra_metadata=extra)

@@ -1,0 +1,211 @@
+"""The training engine: configs, data, train/test commands, DDP equivalence, kill-and-resume.
+
+Runs on tiny data copied from the CIFAR-10 subset shipped in demo/ (no network, no ../shared).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from shufflenet.cli import main
+from shufflenet.engine.config import load_config
+from shufflenet.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+SUBSET = REPO / "demo" / "cifar10-subset"
+
+TINY = """
+model: {name: shufflenet_v2_x0_5, num_classes: 2}  # ImageNet stem: 32 px -> 1x1 at the end, fast
+data:
+  num_workers: 0
+  augment: {crop: pad, crop_size: 32, padding: 4}
+  eval: {resize_size: 32, crop_size: 32}
+optim: {lr: 0.05, base_batch_size: 8, weight_decay: 5.0e-4}
+schedule: {epochs: 2, warmup_epochs: 0.5}
+train: {batch_size: 8, seed: 3, log_every_steps: 1}
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two intra-op threads on two cores shared with other test processes spin against each
+    other (10x slower in measurements); one thread per process keeps these tests fast."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_folder(root: Path, classes: tuple[str, ...], train: int, val: int) -> Path:
+    """The first ``train``/``val`` images of each class of the shipped subset."""
+    for split, count in (("train", train), ("val", val)):
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for image in sorted((SUBSET / split / name).iterdir())[:count]:
+                shutil.copy(image, root / split / name / image.name)
+    return root
+
+
+@pytest.fixture()
+def tiny(tmp_path: Path) -> tuple[Path, Path]:
+    """(config, data root): 2 classes, 16 train and 8 val images each."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    return config, make_folder(tmp_path / "data", ("airplane", "frog"), 16, 8)
+
+
+def cli(*args: object) -> int:
+    return main([str(a) for a in args])
+
+
+def run_subprocess(args: list, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, *map(str, args)], env=env, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def final_weights(work_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(work_dir / "model.safetensors")
+
+
+def assert_same_weights(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= atol, f"largest weight difference {worst}"
+
+
+# -- config ----------------------------------------------------------------------------------------
+def test_unknown_key_lists_the_valid_keys(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim: {lr: 0.1, momentun: 0.9}\n")
+    with pytest.raises(UserError, match=r"unknown config key optim\.'momentun'.*valid keys in optim: name, lr, base_batch_size, momentum"):
+        load_config(path)
+
+
+def test_wrong_type_and_bad_choice_fail_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("schedule: {epochs: ten}\n")
+    with pytest.raises(UserError, match="schedule.epochs: expected int, got 'ten'"):
+        load_config(path)
+    with pytest.raises(UserError, match="train.amp: expected one of 'none', 'bf16', 'fp16'"):
+        load_config(None, ["train.amp=fp8"])
+
+
+def test_base_inheritance_and_overrides() -> None:
+    config = load_config(REPO / "configs/cifar10/shufflenet_v1_g3_x1_0.yaml", ["optim.lr=0.2", "data.eval.mean=[0, 0, 0]"])
+    assert config.model.name == "shufflenet_v1_g3_x1_0"
+    assert config.model.small_input and config.optim.nesterov  # from the base file
+    assert config.optim.lr == 0.2 and config.data.eval.mean == (0.0, 0.0, 0.0)
+
+
+def test_every_shipped_config_is_valid() -> None:
+    paths = sorted((REPO / "configs").rglob("*.yaml"))
+    assert len(paths) >= 7
+    for path in paths:
+        load_config(path)
+
+
+def test_cli_reports_config_errors_without_traceback(tiny, capsys) -> None:
+    config, data = tiny
+    assert cli("train", config, "--data", data, "--set", "train.batchsize=4") == 2
+    err = capsys.readouterr().err
+    assert "unknown config key train.'batchsize'" in err and "batch_size" in err and "Traceback" not in err
+
+
+# -- training, corrupt data, test command ------------------------------------------------------------
+def test_corrupt_image_is_skipped_and_counted_or_fatal_with_strict(tiny, tmp_path: Path, capsys) -> None:
+    config, data = tiny
+    bad = data / "train" / "frog" / "zz_corrupt.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    work = tmp_path / "run"
+    assert cli("train", config, "--data", data, "--epochs", "1", "--work-dir", work) == 0
+    err = capsys.readouterr().err
+    assert f"skipped unreadable image {bad}" in err
+    row = json.loads((work / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["skipped_images"] == 1
+
+    assert cli("train", config, "--data", data, "--epochs", "1", "--work-dir", tmp_path / "strict", "--strict-data") == 2
+    assert f"unreadable image {bad}" in capsys.readouterr().err
+
+
+def test_short_run_beats_chance_and_test_command_agrees(tmp_path: Path, capsys) -> None:
+    """Airplane vs frog (chance 50%): a few epochs on 200 images reach well above it."""
+    data = make_folder(tmp_path / "data", ("airplane", "frog"), 100, 50)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    work = tmp_path / "run"
+    code = cli("train", config, "--data", data, "--epochs", 4, "--batch-size", 16, "--work-dir", work,
+               "--set", "train.log_every_steps=5", "--set", "optim.lr=0.0125")
+    assert code == 0
+    history = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert history[-1]["val_top1"] >= 75.0, history
+    for name in ("curves.png", "model.safetensors", "checkpoints/last.pt", "checkpoints/best.pt", "config.yaml"):
+        assert (work / name).is_file(), name
+    capsys.readouterr()
+
+    assert cli("test", config, work / "model.safetensors", "--data", data, "--json", "--out", tmp_path) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["top1"] == pytest.approx(history[-1]["val_top1"])  # same weights, same val set
+    assert result["top5"] == 100.0 and result["images"] == 100
+    assert len(result["per_class"]) == 2 and result["class_names"] == ["airplane", "frog"]
+    assert (tmp_path / "confusion.png").stat().st_size > 1000
+
+
+# -- long runs: kill and resume; several processes -------------------------------------------------
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny, tmp_path: Path) -> None:
+    config, data = tiny
+    args = ["-m", "shufflenet", "train", config, "--data", data, "--epochs", 3, "--set", "train.checkpoint_every_steps=2"]
+    reference = tmp_path / "reference"
+    assert run_subprocess([*args, "--work-dir", reference]).returncode == 0
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, *map(str, args), "--work-dir", killed], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = killed / "checkpoints" / "last.pt"
+    deadline = time.time() + 90
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not (killed / "model.safetensors").exists(), "the run finished before it was killed"
+    step = torch.load(checkpoint, weights_only=True)["position"]["global_step"]
+    assert 0 < step < 12
+
+    resumed = run_subprocess([*args, "--work-dir", killed, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"step {step}" in resumed.stderr
+    assert_same_weights(final_weights(reference), final_weights(killed), atol=1e-6)
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tiny, tmp_path: Path) -> None:
+    """2 x batch 4 under torchrun (gloo) against 1 x batch 8.
+
+    Both see the same images in the same steps with the same augmentation (seeded per sample),
+    and DDP averages the gradients. Batch-norm statistics would still differ (each rank normalises
+    its own 4 images, and SyncBN needs a GPU), so BN runs in eval mode (``norm_eval``): then the
+    two runs compute the same function and must agree up to float summation order.
+    """
+    config, data = tiny
+    common = ["train", config, "--data", data, "--set", "model.kwargs={norm_eval: true}", "--set", "optim.lr=0.01"]
+    single = run_subprocess(["-m", "shufflenet", *common, "--batch-size", 8, "--work-dir", tmp_path / "one"])
+    assert single.returncode == 0, single.stderr
+    double = run_subprocess(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", 2,
+                             "-m", "shufflenet", *common, "--batch-size", 4, "--work-dir", tmp_path / "two"])
+    assert double.returncode == 0, double.stderr
+    rows = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("one", "two")]
+    for one, two in zip(*rows):
+        assert two["train_loss"] == pytest.approx(one["train_loss"], abs=1e-4)
+        assert two["val_top1"] == one["val_top1"]
+    assert_same_weights(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"), atol=1e-4)
