@@ -34,8 +34,10 @@ def evaluate(
     channels_last: bool = False,
     on_corrupt=None,
 ) -> dict:
-    """Metrics of ``model`` on every sample of ``loader`` (each rank holds a disjoint shard)."""
-    model.eval()
+    """Metrics of ``model`` (a module, or any callable batch -> logits such as an ONNX runtime) on
+    every sample of ``loader`` (each rank holds a disjoint shard)."""
+    if isinstance(model, nn.Module):
+        model.eval()
     device = runtime.device
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, top-5 hits, skipped images

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..data.preprocess import Preprocessing
@@ -25,18 +27,23 @@ def test(
     device: str = "auto",
     out: str | Path | None = None,
 ) -> dict:
-    """Metrics of ``checkpoint`` (built as ``source``: a YAML recipe or a model name) on ``data``."""
+    """Metrics of ``checkpoint`` (built as ``source``: a YAML recipe or a model name) on ``data``.
+
+    ``checkpoint`` may also be an exported ``.onnx`` model (fp32 or INT8), run by ONNX Runtime."""
     checkpoint = Path(checkpoint)
     config = load_config(source) if source.endswith((".yaml", ".yml")) else None
     model, config = load_model(checkpoint, source, config)
+    if isinstance(model, nn.Module):
+        model.eval()
     prep: Preprocessing = model.preprocessing
     dataset = builders.eval_dataset(_data_path(data, config), prep)
-    num_classes = model.head.fc.out_features
+    num_classes = _output_classes(model, prep)
     if len(dataset.classes) > num_classes:
         raise UserError(f"the data has {len(dataset.classes)} classes but the model only {num_classes} outputs")
     runtime = init_runtime(device)
     try:
-        model.to(runtime.device)
+        if isinstance(model, nn.Module):
+            model.to(runtime.device)
         loader = builders.eval_loader(dataset, batch_size, runtime, workers)
         reporter = CorruptReporter(strict=False, runtime=runtime)
         result = evaluate(model, loader, num_classes, builders.normalizer(prep, runtime.device), runtime, on_corrupt=reporter)
@@ -53,10 +60,15 @@ def test(
             "class_names": class_names, "confusion_png": str(png)}
 
 
-def load_model(checkpoint: Path, source: str, config: Config | None) -> tuple[nn.Module, Config | None]:
-    """A training-state file of ``shufflenet train``, or any weights file ``shufflenet.weights`` reads."""
+def load_model(checkpoint: Path, source: str, config: Config | None) -> tuple[nn.Module | Callable, Config | None]:
+    """A training-state file of ``shufflenet train``, an ONNX export, or any weights file
+    ``shufflenet.weights`` reads."""
     if not checkpoint.is_file():
         raise UserError(f"checkpoint not found: {checkpoint}")
+    if checkpoint.suffix.lower() == ".onnx":
+        from ..deploy import load_runtime
+
+        return load_runtime(checkpoint, backend="onnxruntime"), config
     state = _training_state(checkpoint) if checkpoint.suffix in (".pt", ".pth") else None
     if state is not None:
         config = config or from_dict(state["config"])
@@ -69,6 +81,12 @@ def load_model(checkpoint: Path, source: str, config: Config | None) -> tuple[nn
 
     spec = models.get_spec(config.model.name if config else source)
     return load_checkpoint(checkpoint, spec=spec), config
+
+
+def _output_classes(model: nn.Module | Callable, prep: Preprocessing) -> int:
+    """Number of logits, from one forward pass (the same for a module and an ONNX runtime)."""
+    with torch.no_grad():
+        return model(torch.zeros(1, 3, prep.crop_size, prep.crop_size)).shape[1]
 
 
 def _training_state(path: Path) -> dict | None:
