@@ -1,10 +1,14 @@
 """The README's main job end to end, shortened to one epoch."""
 
+import json
 from pathlib import Path
+
+import pytest
 
 from shufflenet.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
+DATA = "demo/cifar10-subset"
 
 
 def test_demo_writes_a_report(tmp_path, monkeypatch, capsys):
@@ -15,6 +19,14 @@ def test_demo_writes_a_report(tmp_path, monkeypatch, capsys):
     for name in ("model.onnx", "confusion.png", "train/curves.png", "train/model.safetensors"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert f"report: {(tmp_path / 'report.md').resolve()}" in capsys.readouterr().out
+
+    # The exported ONNX model evaluates through `shufflenet test` exactly like the PyTorch weights.
+    torch_metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert main(["test", "shufflenet_v2_x0_5", str(tmp_path / "model.onnx"), "--data", DATA, "--json",
+                 "--out", str(tmp_path / "onnx")]) == 0
+    onnx_metrics = json.loads(capsys.readouterr().out)
+    assert onnx_metrics["top1"] == pytest.approx(torch_metrics["top1"], abs=0.2)
+    assert onnx_metrics["per_class"] == pytest.approx(torch_metrics["per_class"], abs=2.0)
 
 
 def test_demo_outside_the_repository_says_where_to_run(tmp_path, monkeypatch, capsys):
