@@ -86,6 +86,21 @@ def test_v1_channels_reproduce_megvii(groups, width, stem, stages):
     assert tuple(stage[-1].expand.conv.out_channels for stage in model.stages) == stages
 
 
+def test_v1_shuffle_orders():
+    x = torch.randn(1, 3, 64, 64)
+    torch.manual_seed(0)
+    paper = ShuffleNetV1(3, 0.5).eval()
+    outputs = {"paper": paper(x)}
+    for order in ("megvii", "none"):
+        model = ShuffleNetV1(3, 0.5, shuffle=order).eval()
+        model.load_state_dict(paper.state_dict())  # same parameters: only the routing differs
+        outputs[order] = model(x)
+    assert not torch.allclose(outputs["paper"], outputs["none"])
+    assert not torch.allclose(outputs["paper"], outputs["megvii"])
+    with pytest.raises(ValueError, match="shuffle must be one of"):
+        ShuffleNetV1(3, 0.5, shuffle="inverse")
+
+
 @pytest.mark.parametrize("name,strides", [
     ("shufflenet_v1_g3_x0_5", (8, 16, 32)),
     ("shufflenet_v2_x0_5", (8, 16, 32, 32)),

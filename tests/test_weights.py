@@ -136,7 +136,7 @@ def megvii_v1_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, groups: int,
 
 
 def _megvii_v1_fixture(groups: int) -> dict[str, torch.Tensor]:
-    donor = randomize_bn(shufflenet.get_model(f"shufflenet_v1_g{groups}_x0_5", megvii_shuffle=True, fc_bias=False))
+    donor = randomize_bn(shufflenet.get_model(f"shufflenet_v1_g{groups}_x0_5", shuffle="megvii", fc_bias=False))
     return megvii_state(donor)
 
 
@@ -238,7 +238,7 @@ def test_megengine_pickle_converts_and_refuses_code(tmp_path):
 
 # -- our format, errors, CLI -----------------------------------------------------------------------
 def test_safetensors_round_trip_keeps_metadata(tmp_path):
-    model = shufflenet.get_model("shufflenet_v1_g8_x0_5", megvii_shuffle=True, fc_bias=False, num_classes=7).eval()
+    model = shufflenet.get_model("shufflenet_v1_g8_x0_5", shuffle="megvii", fc_bias=False, num_classes=7).eval()
     model.class_names = tuple("abcdefg")
     model.preprocessing = MEGVII
     save_checkpoint(model, tmp_path / "m.safetensors", {"epoch": 3})
@@ -343,7 +343,7 @@ def test_offline_and_bad_hash_fail_clearly_and_leave_no_file(fake_hub, monkeypat
 
 
 def test_tags_choose_the_architecture_variant(capsys):
-    assert hub.tag_model_kwargs("shufflenet_v1_g8_x0_5", "megvii_in1k") == {"megvii_shuffle": True, "fc_bias": False}
+    assert hub.tag_model_kwargs("shufflenet_v1_g8_x0_5", "megvii_in1k") == {"shuffle": "megvii", "fc_bias": False}
     assert hub.tag_model_kwargs("shufflenet_v2_x1_0", "mindcv_in1k") == {"layout": "megvii"}
     assert hub.tag_model_kwargs("shufflenet_v2_x1_0", "tv_in1k") == {}
     assert shufflenet.get_model("shufflenet_v1_g3_05").head.fc.bias is None  # mindcv alias -> its tag's variant

@@ -24,6 +24,7 @@ from .layers import ConvBNAct, channel_shuffle, make_divisible
 # Paper Table 1: output channels of stages 2-4 at 1x, per group count.
 STAGE_WIDTHS_1X = {1: (144, 288, 576), 2: (200, 400, 800), 3: (240, 480, 960), 4: (272, 544, 1088), 8: (384, 768, 1536)}
 STAGE_REPEATS = (4, 8, 4)
+SHUFFLE_ORDERS = ("paper", "megvii", "none")
 
 
 def v1_channels(groups: int, width: float) -> tuple[int, tuple[int, ...]]:
@@ -44,7 +45,7 @@ class ShuffleUnitV1(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, stride: int, groups: int, first_unit: bool, megvii_shuffle: bool
+        self, in_channels: int, out_channels: int, stride: int, groups: int, first_unit: bool, shuffle: str
     ) -> None:
         super().__init__()
         self.stride = stride
@@ -52,7 +53,7 @@ class ShuffleUnitV1(nn.Module):
         branch_out = out_channels - in_channels if stride == 2 else out_channels
         # The first unit of stage 2 sees only the narrow stem: the paper keeps its first 1x1 dense.
         self.compress = ConvBNAct(in_channels, mid, 1, groups=1 if first_unit else groups)
-        self.shuffle_groups = (mid // groups if megvii_shuffle else groups) if groups > 1 else 1
+        self.shuffle_groups = {"paper": groups, "megvii": mid // groups, "none": 1}[shuffle] if groups > 1 else 1
         self.depthwise = ConvBNAct(mid, mid, 3, stride, groups=mid, act=None)
         self.expand = ConvBNAct(mid, branch_out, 1, groups=groups, act=None)
         self.shortcut = nn.AvgPool2d(3, 2, 1) if stride == 2 else nn.Identity()
@@ -75,8 +76,9 @@ class ShuffleNetV1(ShuffleNetBase):
         groups: group count of the pointwise convolutions (1, 2, 3, 4 or 8).
         width: channel multiplier (0.25 to 2.0 in the papers).
         num_classes: classifier outputs.
-        megvii_shuffle: use the official code's inverse shuffle permutation (needed to load
-            Megvii's g8 0.5x/1.5x weights exactly; any other checkpoint is permuted on load).
+        shuffle: ``"paper"``; ``"megvii"``, the official code's inverse permutation (needed to load
+            Megvii's g8 0.5x/1.5x weights exactly; other checkpoints are permuted on load); or
+            ``"none"``, no shuffle (the paper's Table 3 ablation).
         fc_bias: bias in the classifier (mmpretrain has one, Megvii does not).
         small_input: stem without down-sampling, for 32x32 images such as CIFAR.
         out_indices, frozen_stages, norm_eval: backbone options, see ``ShuffleNetBase``.
@@ -87,7 +89,7 @@ class ShuffleNetV1(ShuffleNetBase):
         groups: int = 3,
         width: float = 1.0,
         num_classes: int = 1000,
-        megvii_shuffle: bool = False,
+        shuffle: str = "paper",
         fc_bias: bool = True,
         dropout: float = 0.0,
         small_input: bool = False,
@@ -96,7 +98,10 @@ class ShuffleNetV1(ShuffleNetBase):
         norm_eval: bool = False,
     ) -> None:
         super().__init__()
+        if shuffle not in SHUFFLE_ORDERS:
+            raise ValueError(f"ShuffleNet V1 shuffle must be one of {SHUFFLE_ORDERS}, got {shuffle!r}")
         stem, widths = v1_channels(groups, width)
+        self.shuffle = shuffle
         self.stem = ConvBNAct(3, stem, 3, stride=1 if small_input else 2)
         self.stem_pool = nn.Identity() if small_input else nn.MaxPool2d(3, 2, 1)
         self.stages = nn.ModuleList()
@@ -106,7 +111,7 @@ class ShuffleNetV1(ShuffleNetBase):
             for i in range(repeats):
                 first = stage_index == 0 and i == 0
                 units.append(
-                    ShuffleUnitV1(in_channels, out_channels, 2 if i == 0 else 1, groups, first, megvii_shuffle)
+                    ShuffleUnitV1(in_channels, out_channels, 2 if i == 0 else 1, groups, first, shuffle)
                 )
                 in_channels = out_channels
             self.stages.append(nn.Sequential(*units))

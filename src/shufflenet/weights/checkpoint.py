@@ -182,10 +182,9 @@ def variant_kwargs(model: nn.Module) -> dict[str, Any]:
         kwargs["small_input"] = True
     if hasattr(model, "layout"):
         kwargs["layout"] = model.layout
-    units = [u for u in model.modules() if hasattr(u, "shuffle_groups")]
-    if units:
+    if hasattr(model, "shuffle"):  # V1
         kwargs["fc_bias"] = model.head.fc.bias is not None
-        kwargs["megvii_shuffle"] = any(u.shuffle_groups not in (1, u.expand.conv.groups) for u in units)
+        kwargs["shuffle"] = model.shuffle
     return kwargs
 
 

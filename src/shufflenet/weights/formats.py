@@ -322,7 +322,7 @@ class SourceFormat:
         return self.preprocessing
 
 
-MEGVII_V1 = {"megvii_shuffle": True, "fc_bias": False}
+MEGVII_V1 = {"shuffle": "megvii", "fc_bias": False}
 MEGVII_V2 = {"layout": "megvii"}
 FORMATS = {
     f.name: f
