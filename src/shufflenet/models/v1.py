@@ -118,4 +118,10 @@ class ShuffleNetV1(ShuffleNetBase):
         self.conv_last = None
         self.head = ClassifierHead(in_channels, num_classes, dropout, bias=fc_bias)
         self.init_weights()
+        # Each residual unit starts as the identity (Goyal et al., 2017): with Megvii's init alone the
+        # sum x + branch doubles in scale unit after unit and training diverges in its first steps
+        # (CIFAR recipe, V1 g3 0.5x: first-epoch loss 6.5 instead of 2.2).
+        for unit in self.modules():
+            if isinstance(unit, ShuffleUnitV1) and unit.stride == 1:
+                nn.init.zeros_(unit.expand.bn.weight)
         self._init_backbone_options(out_indices, frozen_stages, norm_eval)
