@@ -1,0 +1,162 @@
+"""The papers' claims at CIFAR-10 scale: train the ablation grid, then write docs/results.md.
+
+    python tools/ablations.py --data /path/to/cifar10 --runs-dir runs/ablations          # train what is missing
+    python tools/ablations.py --data /path/to/cifar10 --runs-dir runs/ablations --report # tables only
+
+Every run is ``shufflenet train configs/cifar10/ablation.yaml`` with the model, its options and the
+seed overridden, in its own work dir, started with ``--resume``: re-running the command after an
+interruption (or in the next session) continues where it stopped, and finished runs are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "configs" / "cifar10" / "ablation.yaml"
+
+
+@dataclass(frozen=True)
+class Variant:
+    model: str
+    options: tuple[tuple[str, str], ...] = ()  # architecture kwargs, e.g. (("shuffle", "none"),)
+    label: str = ""
+
+    @property
+    def slug(self) -> str:
+        return self.model + "".join(f"-{k}_{v}" for k, v in self.options)
+
+    @property
+    def name(self) -> str:
+        return self.label or self.model
+
+
+@dataclass
+class Experiment:
+    title: str
+    claim: str  # the paper's ordering, in words
+    variants: list[Variant] = field(default_factory=list)
+    better: list[tuple[int, int]] = field(default_factory=list)  # (i, j): the paper has variant i beat variant j
+    paper_error: dict[str, float] = field(default_factory=dict)  # ImageNet top-1 error of each variant
+
+
+NO_SHUFFLE = (("shuffle", "none"),)
+EXPERIMENTS = [
+    Experiment(
+        "Group count at equal complexity (V1 0.5x; paper Table 2)",
+        "g8 >= g3 > g1: more groups, wider feature maps, better accuracy",
+        [Variant("shufflenet_v1_g1_x0_5"), Variant("shufflenet_v1_g3_x0_5"), Variant("shufflenet_v1_g8_x0_5")],
+        [(2, 1), (1, 0)],
+        {"shufflenet_v1_g1_x0_5": 45.1, "shufflenet_v1_g3_x0_5": 43.2, "shufflenet_v1_g8_x0_5": 42.3},
+    ),
+    Experiment(
+        "Channel shuffle on vs off (V1 0.5x; paper Table 3)",
+        "with shuffle > without, for g3 and g8",
+        [Variant("shufflenet_v1_g3_x0_5"), Variant("shufflenet_v1_g3_x0_5", NO_SHUFFLE, "shufflenet_v1_g3_x0_5 no shuffle"),
+         Variant("shufflenet_v1_g8_x0_5"), Variant("shufflenet_v1_g8_x0_5", NO_SHUFFLE, "shufflenet_v1_g8_x0_5 no shuffle")],
+        [(0, 1), (2, 3)],
+        {"shufflenet_v1_g3_x0_5": 43.2, "shufflenet_v1_g8_x0_5": 42.3},
+    ),
+    Experiment(
+        "V1 vs V2 at similar complexity (paper V2 Table 8)",
+        "V2 > V1 at 0.5x (41 vs 38 MFLOPs) and at 1x (146 vs 140)",
+        [Variant("shufflenet_v1_g3_x0_5"), Variant("shufflenet_v2_x0_5"),
+         Variant("shufflenet_v1_g3_x1_0"), Variant("shufflenet_v2_x1_0")],
+        [(1, 0), (3, 2)],
+        {"shufflenet_v1_g3_x0_5": 43.2, "shufflenet_v2_x0_5": 39.7, "shufflenet_v1_g3_x1_0": 32.6, "shufflenet_v2_x1_0": 30.6},
+    ),
+    Experiment(
+        "Accuracy against width (V2)",
+        "wider is more accurate: 2.0x > 1.5x > 1.0x > 0.5x",
+        [Variant(f"shufflenet_v2_x{w}") for w in ("2_0", "1_5", "1_0", "0_5")],
+        [(0, 1), (1, 2), (2, 3)],
+        {"shufflenet_v2_x0_5": 39.7, "shufflenet_v2_x1_0": 30.6, "shufflenet_v2_x1_5": 27.4, "shufflenet_v2_x2_0": 25.1},
+    ),
+]
+
+
+def run_dir(runs: Path, variant: Variant, seed: int) -> Path:
+    return runs / f"{variant.slug}-seed{seed}"
+
+
+def train_missing(args: argparse.Namespace) -> None:
+    from shufflenet.engine import load_config, train
+
+    variants = {v.slug: v for e in EXPERIMENTS for v in e.variants}.values()
+    for seed in range(args.seeds):
+        for variant in variants:
+            work = run_dir(args.runs_dir, variant, seed)
+            if (work / "summary.json").exists():
+                continue
+            overrides = [f"model.name={variant.model}", f"train.seed={seed}", f"data.root={args.data}",
+                         f"schedule.epochs={args.epochs}", f"model.kwargs={json.dumps(dict(variant.options))}"]
+            print(f"== {variant.name} seed {seed} -> {work}", flush=True)
+            train(load_config(RECIPE, overrides), work, resume=True)
+
+
+def final_top1(runs: Path, variant: Variant, seeds: int) -> list[float]:
+    results = []
+    for seed in range(seeds):
+        summary = run_dir(runs, variant, seed) / "summary.json"
+        if summary.exists():
+            results.append(json.loads(summary.read_text())["val_top1"])
+    return results
+
+
+def report(args: argparse.Namespace) -> str:
+    lines = [
+        "# The papers' claims at CIFAR-10 scale",
+        "",
+        f"Each cell: CIFAR-10 val top-1 (5,000 images) at the end of `configs/cifar10/ablation.yaml`, {args.epochs} epochs,",
+        "mean ± std over the seeds that finished (n). Made by `python tools/ablations.py --report`.",
+    ]
+    for experiment in EXPERIMENTS:
+        lines += ["", f"## {experiment.title}", "", f"Paper: {experiment.claim}.", "",
+                  "| model | CIFAR-10 top-1 | n | paper ImageNet top-1 error |", "|---|---|---|---|"]
+        means = []
+        for variant in experiment.variants:
+            accs = final_top1(args.runs_dir, variant, args.seeds)
+            cell = "–" if not accs else f"{statistics.mean(accs):.2f}" + (f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else "")
+            paper = experiment.paper_error.get(variant.model) if not variant.options else None
+            lines.append(f"| {variant.name} | {cell} | {len(accs)} | {paper if paper is not None else '–'} |")
+            means.append(statistics.mean(accs) if accs else None)
+        lines += ["", verdict(experiment, means)]
+    return "\n".join(lines) + "\n"
+
+
+def verdict(experiment: Experiment, means: list[float | None]) -> str:
+    """One line per ordering the paper claims: does it hold here, and by how much."""
+    lines = []
+    for i, j in experiment.better:
+        a, b = experiment.variants[i].name, experiment.variants[j].name
+        if means[i] is None or means[j] is None:
+            lines.append(f"- {a} > {b}: not measured yet.")
+        else:
+            gap = means[i] - means[j]
+            lines.append(f"- {a} > {b}: **{'holds' if gap > 0 else 'does not hold'}** ({gap:+.2f} points).")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="CIFAR-10 folder holding train/ and val/")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/ablations"))
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--report", action="store_true", help="only write the tables from finished runs")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "results.md")
+    args = parser.parse_args()
+    if not args.report:
+        train_missing(args)
+    args.out.write_text(report(args))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
