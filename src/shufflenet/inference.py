@@ -71,7 +71,7 @@ class Predictor:
     def __init__(
         self,
         model: str | Path | nn.Module,
-        backend: str = "torch",
+        backend: str = "fast",
         device: str | None = None,
         topk: int = 5,
         threads: int | None = None,
@@ -124,7 +124,7 @@ def inference_model(
     model: str | Path | nn.Module,
     inputs: ImageInput | Sequence[ImageInput],
     topk: int = 5,
-    backend: str = "torch",
+    backend: str = "fast",
     device: str | None = None,
 ) -> dict[str, Any] | list[dict[str, Any]]:
     """Classify one image (returns a dict) or a list of images (returns a list of dicts).
@@ -134,7 +134,7 @@ def inference_model(
             an ``nn.Module`` (its ``preprocessing`` attribute is applied).
         inputs: a path, a PIL image, an HxWxC uint8 RGB array, a uint8 (C, H, W) tensor, a
             preprocessed float (C, H, W) / (N, C, H, W) tensor, or a list of these.
-        backend: ``"torch"``, ``"onnxruntime"`` or ``"openvino"``.
+        backend: ``"fast"`` (the default: ``deploy.fastpath``), ``"torch"``, ``"onnxruntime"`` or ``"openvino"``.
 
     Each result has ``pred_label``, ``pred_score``, ``pred_class`` and ``pred_scores`` (the top-k
     as ``{"label", "class", "score"}``, best first).

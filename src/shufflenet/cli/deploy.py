@@ -21,7 +21,10 @@ from tqdm import tqdm
 from ..errors import UserError
 from .table import format_table
 
-BACKEND_HELP = "torch (default), onnxruntime or openvino; an .onnx model always runs on an ONNX backend"
+BACKEND_HELP = (
+    "fast (default: exact rewrite on OpenVINO/ONNX Runtime, see docs/benchmarks.md), torch, onnxruntime or "
+    "openvino; an .onnx model always runs on an ONNX backend"
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,7 +62,7 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=positive_int, default=5, help="predictions per image (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
-    p.add_argument("--backend", default="torch", help=BACKEND_HELP)
+    p.add_argument("--backend", default="fast", help=BACKEND_HELP)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--workers", type=positive_int, default=min(8, os.cpu_count() or 1), help="decoding threads")
     p.set_defaults(func=run_predict)

@@ -19,11 +19,11 @@ from torch import nn
 
 from ..errors import UserError
 from .export import export_onnx, example_input
-from .fuse import fuse_conv_bn
-from .runtimes import ort_runner, openvino_runner
+from .fastpath import fast_engine, optimize
+from .runtimes import load_runtime, ort_runner, openvino_runner
 from .quantize import quantize_onnx
 
-VARIANTS = ("eager", "fused", "compile", "onnxruntime", "openvino", "int8")
+VARIANTS = ("fast", "eager", "fused", "compile", "onnxruntime", "openvino", "int8")
 Call = Callable[[], object]
 
 
@@ -102,11 +102,17 @@ class VariantFactory:
         return self._torch(self.model, torch.contiguous_format)
 
     def _build_fused(self) -> tuple:
-        return self._torch(fuse_conv_bn(self.model), torch.channels_last)
+        return self._torch(optimize(self.model), torch.channels_last)
 
     def _build_compile(self) -> tuple:
-        forward, where, layout = self._torch(fuse_conv_bn(self.model), torch.channels_last)
+        forward, where, layout = self._torch(optimize(self.model), torch.channels_last)
         return torch.compile(forward), where, layout
+
+    def _build_fast(self) -> tuple:
+        """What ``predict`` runs by default (``load_runtime(..., "fast")``)."""
+        if self.device.type != "cpu":
+            return self._build_fused()
+        return load_runtime(self.model, "fast", threads=self.threads), f"cpu {fast_engine()}", None
 
     # -- ONNX backends ---------------------------------------------------------------------------
     def _fp32_onnx(self) -> Path:

@@ -20,9 +20,10 @@ from torch import nn
 from ..data.preprocess import IMAGENET, Preprocessing
 from ..errors import UserError
 from ..weights import load_model
+from . import fastpath
 from .export import read_metadata, to_onnx
 
-BACKENDS = ("torch", "onnxruntime", "openvino")
+BACKENDS = ("fast", "torch", "onnxruntime", "openvino")
 
 
 @dataclass
@@ -72,11 +73,14 @@ def load_runtime(
 ) -> Runtime:
     """Load ``source`` for ``backend``; an ``.onnx`` file always runs on an ONNX backend
     (``torch`` then means ONNX Runtime). Other sources are exported to ONNX in memory for the
-    ONNX backends (BN folded, dynamic batch)."""
+    ONNX backends (BN folded, dynamic batch). ``fast`` is the rewritten model (``fastpath``) on
+    OpenVINO or ONNX Runtime compiled per batch shape, or in PyTorch on CUDA or without either."""
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if threads is not None and threads < 1:
         raise UserError(f"threads must be at least 1, got {threads}")
+    if backend == "fast":
+        return fast_runtime(source, device, threads)
     if is_onnx_file(source):
         proto, backend = load_onnx(source), "onnxruntime" if backend == "torch" else backend
     else:
@@ -86,6 +90,30 @@ def load_runtime(
         proto = to_onnx(model, dynamic_batch=True)
     runner = ort_runner(proto, device, threads) if backend == "onnxruntime" else openvino_runner(proto, device, threads)
     return Runtime(runner, backend, **read_metadata(proto))
+
+
+def fast_runtime(source: str | Path | nn.Module, device: str | None = None, threads: int | None = None) -> Runtime:
+    target, engine = default_device(device), fastpath.fast_engine()
+    if is_onnx_file(source):  # run as it is (an INT8 file, for instance)
+        if engine == "torch":
+            raise UserError("backend fast: an .onnx file needs OpenVINO or ONNX Runtime")
+        proto = load_onnx(source)
+        return Runtime(fastpath.static_runner(proto, threads, engine), "fast", **read_metadata(proto))
+    model = fastpath.optimize(load_torch_model(source))
+    if engine != "torch" and target.type == "cpu":
+        proto = to_onnx(model, dynamic_batch=True)
+        return Runtime(fastpath.static_runner(proto, threads, engine), "fast", **read_metadata(proto))
+    if threads:
+        torch.set_num_threads(threads)
+    return model_runtime(fastpath.channels_last_runner(model, target), "fast", model)
+
+
+def model_runtime(run: Callable[[torch.Tensor], torch.Tensor], backend: str, model: nn.Module) -> Runtime:
+    """A runtime with ``model``'s metadata attributes."""
+    return Runtime(
+        run, backend, getattr(model, "preprocessing", IMAGENET), getattr(model, "class_names", None),
+        getattr(model, "model_name", None),
+    )
 
 
 def torch_runtime(model: nn.Module, device: str | None = None, threads: int | None = None) -> Runtime:
@@ -98,10 +126,7 @@ def torch_runtime(model: nn.Module, device: str | None = None, threads: int | No
     def run(batch: torch.Tensor) -> torch.Tensor:
         return model(batch.to(target)).float().cpu()
 
-    return Runtime(
-        run, "torch", getattr(model, "preprocessing", IMAGENET), getattr(model, "class_names", None),
-        getattr(model, "model_name", None),
-    )
+    return model_runtime(run, "torch", model)
 
 
 def ort_runner(proto: onnx.ModelProto, device: str | None, threads: int | None) -> Callable:
