@@ -12,29 +12,16 @@ from PIL import Image
 
 from shufflenet import get_model
 from shufflenet.cli import main
-from shufflenet.data.preprocess import CIFAR10, Preprocessing
+from shufflenet.data.preprocess import CIFAR10
 from shufflenet.deploy import export_onnx, fuse_conv_bn, load_runtime, max_tensor_rank, to_onnx
 from shufflenet.deploy.bench import benchmark
 from shufflenet.deploy.export import export_torchscript
 from shufflenet.errors import UserError
 from shufflenet.weights import save_checkpoint
 
+from helpers import randomised
+
 SIZE = 64  # small inputs keep export and inference fast; the graph is the same at 224
-
-
-def randomised(name: str, **kwargs) -> torch.nn.Module:
-    """A model whose BN statistics and logits are far from the identity/zero of a fresh init."""
-    torch.manual_seed(0)
-    model = get_model(name, **kwargs)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.5, 0.5)
-    torch.nn.init.normal_(model.head.fc.weight, 0, 0.5)
-    model.preprocessing = Preprocessing(crop_size=SIZE, resize_size=SIZE + 8)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -5,28 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shufflenet import get_model
-from shufflenet.data.preprocess import Preprocessing
 from shufflenet.deploy import load_runtime, to_onnx
 from shufflenet.deploy.fastpath import optimize, static_onnxruntime
 from shufflenet.inference import inference_model
 
+from helpers import randomised
+
 SIZE = 64
-
-
-def randomised(name: str, **kwargs) -> torch.nn.Module:
-    """BN statistics and affine parameters far from identity, logits of order 10."""
-    torch.manual_seed(0)
-    model = get_model(name, **kwargs)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.5, 0.5)
-    torch.nn.init.normal_(model.head.fc.weight, 0, 0.5)
-    model.preprocessing = Preprocessing(crop_size=SIZE, resize_size=SIZE + 8)
-    return model.eval()
 
 
 def assert_same_logits(actual: torch.Tensor, expected: torch.Tensor) -> None:

@@ -27,23 +27,14 @@ from shufflenet.errors import UserError
 from shufflenet.weights import hub, load_checkpoint, load_model, save_checkpoint
 from shufflenet.weights.mindspore_ckpt import read_checkpoint, write_checkpoint
 
+from helpers import randomize_bn
+
 TOL = 1e-4
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-def randomize_bn(model: torch.nn.Module) -> torch.nn.Module:
-    """Non-trivial BN statistics, so that a wrongly paired BN shows in the logits."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    return model.eval()
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:

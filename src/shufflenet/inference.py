@@ -104,14 +104,14 @@ class Predictor:
         """Top-k predictions for a preprocessed batch (N, C, H, W)."""
         scores = self.runtime(batch).float().softmax(1)
         top_scores, top_labels = scores.topk(min(self.topk, scores.shape[1]), dim=1)
-        return [self._result(s.tolist(), l.tolist()) for s, l in zip(top_scores, top_labels)]
+        return [self._result(scores.tolist(), labels.tolist()) for scores, labels in zip(top_scores, top_labels)]
 
     def class_name(self, label: int) -> str:
         names = self.runtime.class_names
         return names[label] if names and label < len(names) else str(label)
 
     def _result(self, scores: list[float], labels: list[int]) -> dict[str, Any]:
-        top = [{"label": l, "class": self.class_name(l), "score": s} for s, l in zip(scores, labels)]
+        top = [{"label": label, "class": self.class_name(label), "score": score} for score, label in zip(scores, labels)]
         return {
             "pred_label": labels[0],
             "pred_score": scores[0],

@@ -131,7 +131,7 @@ def shuffle_free_v2(model: ShuffleNetV2) -> ShuffleNetV2:
         raise ValueError("shuffle_free_v2 rewrites the torchvision layout (Megvii's has no shuffle to remove)")
     model = fuse_conv_bn(model)
     stored = list(range(model.stem.conv.out_channels))
-    for s, stage in enumerate(model.stages):
+    for stage in model.stages:
         channels = stage[0].branch_main[2].conv.out_channels * 2
         times = consumption_times(len(stage), channels)
         for u, unit in enumerate(stage):
