@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -106,6 +107,7 @@ def test_base_inheritance_and_overrides() -> None:
     assert config.model.name == "shufflenet_v1_g3_x1_0"
     assert config.model.small_input and config.optim.nesterov  # from the base file
     assert config.optim.lr == 0.2 and config.data.eval.mean == (0.0, 0.0, 0.0)
+    assert load_config(None, ["optim.lr=1e-3"]).optim.lr == 0.001  # a float although YAML 1.1 reads a string
 
 
 def test_every_shipped_config_is_valid() -> None:
@@ -209,3 +211,61 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny, tmp_path: Path
         assert two["train_loss"] == pytest.approx(one["train_loss"], abs=1e-4)
         assert two["val_top1"] == one["val_top1"]
     assert_same_weights(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"), atol=1e-4)
+
+
+def last_line(stderr: str) -> str:
+    """The last line the user sees (progress bars redraw with carriage returns)."""
+    return [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()][-1]
+
+
+def test_sigterm_saves_a_checkpoint_then_resume_finishes_the_run(tiny, tmp_path: Path, capsys) -> None:
+    """SIGTERM mid-epoch: exit status 143 (128 + SIGTERM, as the shell reports a killed job), a
+    checkpoint at the step where it stopped, one line of message, and --resume ends where an
+    uninterrupted run ends."""
+    config, data = tiny
+    args = ["train", config, "--data", data, "--epochs", 3]
+    assert cli(*args, "--work-dir", tmp_path / "reference") == 0
+
+    work = tmp_path / "stopped"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "shufflenet", *map(str, args), "--work-dir", work], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    checkpoint = work / "checkpoints" / "last.pt"  # first written at the end of epoch 1 (4 steps)
+    deadline = time.time() + 90
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=60)[1]
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert not (work / "model.safetensors").exists(), "the run finished before the signal"
+    position = torch.load(checkpoint, weights_only=True)["position"]
+    assert position["step_in_epoch"] > 0, "no checkpoint at the interruption point (only the epoch-end one)"
+    assert "Traceback" not in stderr
+    assert last_line(stderr) == (
+        f"shufflenet train: error: stopped by SIGTERM; checkpoint saved at epoch {position['epoch'] + 1}, "
+        f"step {position['global_step']} in {checkpoint} (continue with --resume)")
+
+    capsys.readouterr()
+    assert cli(*args, "--work-dir", work, "--resume") == 0
+    assert f"resumed from {checkpoint} at epoch {position['epoch'] + 1}, step {position['global_step']}" in capsys.readouterr().err
+    assert_same_weights(final_weights(tmp_path / "reference"), final_weights(work), atol=1e-6)
+
+
+def test_divergence_stops_and_keeps_the_last_finite_checkpoint(tiny, tmp_path: Path, capsys) -> None:
+    """lr 1e4 with a checkpoint every step: within a few steps the weights and BN statistics overflow
+    (sometimes while that step's loss, computed before the update, is still finite). The run stops
+    with status 3 naming the step, and last.pt holds the state of the step before, all finite."""
+    config, data = tiny
+    work = tmp_path / "run"
+    code = cli("train", config, "--data", data, "--epochs", 3, "--work-dir", work, "--set", "optim.lr=1e4",
+               "--set", "schedule.warmup_epochs=0", "--set", "train.checkpoint_every_steps=1")
+    assert code == 3
+    message = last_line(capsys.readouterr().err)
+    failed_step = int(re.search(r"became (?:nan|inf|-inf|non-finite).* at step (\d+);", message).group(1))
+    assert message.startswith("shufflenet train: error: the ") and f"kept in {work / 'checkpoints' / 'last.pt'}" in message
+
+    state = torch.load(work / "checkpoints" / "last.pt", weights_only=True)
+    assert state["position"]["global_step"] == failed_step - 1 >= 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert all(torch.isfinite(t).all() for s in state["optimizer"]["state"].values() for t in s.values())
+    assert not (work / "model.safetensors").exists()

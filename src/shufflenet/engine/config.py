@@ -8,6 +8,7 @@ An unknown key or a value of the wrong type fails at once with the list of valid
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -120,6 +121,17 @@ class Config:
 
 
 # -- loading -----------------------------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; a recipe means the number."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """Read ``path`` (with its ``_base_`` chain), apply ``key=value`` overrides, validate."""
     raw = _read_yaml(Path(path)) if path else {}
@@ -138,7 +150,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if path.resolve() in seen:
         raise UserError(f"config {path}: _base_ chain loops back to itself")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = _parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise UserError(f"config {path}: not valid YAML: {error}") from None
     if not isinstance(raw, dict):
@@ -167,7 +179,7 @@ def _apply_override(raw: dict, item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise UserError(f"--set {key}: {part!r} is not a section")
-    node[leaf] = yaml.safe_load(text) if text.strip() else None
+    node[leaf] = _parse_yaml(text) if text.strip() else None
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:

@@ -36,7 +36,11 @@ class TrainingDiverged(UserError):
 
 
 class TrainingInterrupted(UserError):
-    exit_code = 130
+    """Exit status 128 + the signal number, the shell's convention: 130 for Ctrl-C, 143 for SIGTERM."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 @dataclass
@@ -108,12 +112,23 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
         restore_rng_state(state["rng"])
         _say(runtime, f"resumed from {resume_path} at epoch {position.epoch + 1}, step {position.global_step}")
 
+    def diverged(what: str) -> TrainingDiverged:
+        last = checkpoints / "last.pt"
+        kept = f"the last good checkpoint is kept in {last}" if last.is_file() else "no checkpoint was written yet"
+        return TrainingDiverged(f"{what} at step {position.global_step}; {kept} (try a lower optim.lr or set optim.clip_grad_norm)")
+
     ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if runtime.distributed else model
     forward = torch.compile(ddp_model) if tc.compile else ddp_model
     metrics_log = MetricsLog(work_dir, runtime)
 
     def save(path: Path) -> None:
-        """Rank 0 writes the full training state; every rank waits so no one runs ahead."""
+        """Rank 0 writes the full training state; every rank waits so no one runs ahead.
+
+        A step can turn the weights or BN statistics non-finite while its own loss (computed before
+        the update) was still finite, so they are checked here: a diverged state never replaces a good one."""
+        finite = all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point())
+        if all_reduce_sum(torch.tensor([float(finite)], device=device), runtime).item() < runtime.world_size:  # BN statistics differ by rank
+            raise diverged("the weights became non-finite")
         if runtime.is_main:
             save_atomic({
                 "model": model.state_dict(),
@@ -141,65 +156,62 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
         train_loader.sampler.set_position(epoch, skip_batches * tc.batch_size)
         window = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, images, corrupt images
         epoch_totals = torch.zeros(3, dtype=torch.float64)
-        bar = tqdm(total=steps_per_epoch, initial=position.step_in_epoch, desc=f"epoch {epoch + 1}/{config.schedule.epochs}",
-                   disable=not runtime.is_main, dynamic_ncols=True, leave=False, file=sys.stderr)
-        start, timed_images = time.perf_counter(), 0.0
-        batches = iter(train_loader)
-        while position.step_in_epoch < steps_per_epoch:
-            for micro in range(tc.grad_accum_steps):
-                images, labels, corrupt = next(batches)
-                report_corrupt(corrupt)
-                window[2] += len(corrupt)
-                if not len(labels):
-                    continue
-                inputs, labels = to_input(images, normalize, device, tc.channels_last), labels.to(device)
-                targets = labels if mixer is None else None
-                if mixer is not None:
-                    inputs, targets = mixer(inputs, labels)
-                last_micro = micro == tc.grad_accum_steps - 1
-                sync_context = ddp_model.no_sync() if runtime.distributed and not last_micro else nullcontext()
-                with sync_context, autocast(device, tc.amp):
-                    loss = loss_fn(forward(inputs).float(), targets)
-                scaler.scale(loss / tc.grad_accum_steps).backward()
-                window[0] += loss.detach() * len(labels)
-                window[1] += len(labels)
-            if config.optim.clip_grad_norm:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            position.step_in_epoch += 1
-            position.global_step += 1
-            bar.update()
+        # the bar is cleared on leaving the block, so that an error message prints on a line of its own
+        with tqdm(total=steps_per_epoch, initial=position.step_in_epoch, desc=f"epoch {epoch + 1}/{config.schedule.epochs}",
+                  disable=not runtime.is_main, dynamic_ncols=True, leave=False, file=sys.stderr) as bar:
+            start, timed_images = time.perf_counter(), 0.0
+            batches = iter(train_loader)
+            while position.step_in_epoch < steps_per_epoch:
+                for micro in range(tc.grad_accum_steps):
+                    images, labels, corrupt = next(batches)
+                    report_corrupt(corrupt)
+                    window[2] += len(corrupt)
+                    if not len(labels):
+                        continue
+                    inputs, labels = to_input(images, normalize, device, tc.channels_last), labels.to(device)
+                    targets = labels if mixer is None else None
+                    if mixer is not None:
+                        inputs, targets = mixer(inputs, labels)
+                    last_micro = micro == tc.grad_accum_steps - 1
+                    sync_context = ddp_model.no_sync() if runtime.distributed and not last_micro else nullcontext()
+                    with sync_context, autocast(device, tc.amp):
+                        loss = loss_fn(forward(inputs).float(), targets)
+                    scaler.scale(loss / tc.grad_accum_steps).backward()
+                    window[0] += loss.detach() * len(labels)
+                    window[1] += len(labels)
+                if config.optim.clip_grad_norm:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(model)
+                position.step_in_epoch += 1
+                position.global_step += 1
+                bar.update()
 
-            checkpoint_due = tc.checkpoint_every_steps > 0 and position.global_step % tc.checkpoint_every_steps == 0
-            local_stop = stop.requested and not runtime.distributed
-            if checkpoint_due or local_stop or position.global_step % tc.log_every_steps == 0:
-                totals = all_reduce_sum(torch.cat([window, torch.tensor([float(stop.requested)], dtype=torch.float64, device=device)]), runtime).cpu()
-                window.zero_()
-                if not torch.isfinite(totals[0]):
-                    raise TrainingDiverged(
-                        f"loss became {totals[0].item()} at epoch {epoch + 1}, step {position.global_step}; "
-                        f"the last good checkpoint is kept in {checkpoints / 'last.pt'} (try a lower optim.lr or train.clip_grad_norm)")
-                epoch_totals += totals[:3]
-                timed_images += totals[1].item()
-                speed = timed_images / (time.perf_counter() - start)
-                bar.set_postfix(loss=f"{totals[0].item() / max(totals[1].item(), 1):.4f}",
-                                lr=f"{optimizer.param_groups[0]['lr']:.4g}", img_s=f"{speed:.0f}")
-                if checkpoint_due or totals[3] > 0:
-                    save(checkpoints / "last.pt")
-                if totals[3] > 0:
-                    raise TrainingInterrupted(f"stopped by a signal; checkpoint saved at step {position.global_step} "
-                                              f"in {checkpoints / 'last.pt'} (continue with --resume)")
-        bar.close()
+                checkpoint_due = tc.checkpoint_every_steps > 0 and position.global_step % tc.checkpoint_every_steps == 0
+                local_stop = stop.requested and not runtime.distributed
+                if checkpoint_due or local_stop or position.global_step % tc.log_every_steps == 0:
+                    totals = all_reduce_sum(torch.cat([window, torch.tensor([float(stop.requested)], dtype=torch.float64, device=device)]), runtime).cpu()
+                    window.zero_()
+                    if not torch.isfinite(totals[0]):
+                        raise diverged(f"the loss became {totals[0].item()} in epoch {epoch + 1}")
+                    epoch_totals += totals[:3]
+                    timed_images += totals[1].item()
+                    speed = timed_images / (time.perf_counter() - start)
+                    bar.set_postfix(loss=f"{totals[0].item() / max(totals[1].item(), 1):.4f}",
+                                    lr=f"{optimizer.param_groups[0]['lr']:.4g}", img_s=f"{speed:.0f}")
+                    if checkpoint_due or totals[3] > 0:
+                        save(checkpoints / "last.pt")
+                    if totals[3] > 0:
+                        raise TrainingInterrupted(f"stopped by {stop.name}; checkpoint saved at epoch {epoch + 1}, step {position.global_step} "
+                                                  f"in {checkpoints / 'last.pt'} (continue with --resume)", stop.signum or signal.SIGTERM)
         totals = all_reduce_sum(window, runtime).cpu()
         if not torch.isfinite(totals[0]):
-            raise TrainingDiverged(f"loss became {totals[0].item()} in epoch {epoch + 1}; the last good checkpoint "
-                                   f"is kept in {checkpoints / 'last.pt'} (try a lower optim.lr)")
+            raise diverged(f"the loss became {totals[0].item()} in epoch {epoch + 1}")
         epoch_totals += totals
         train_seconds = time.perf_counter() - start
 
@@ -280,7 +292,7 @@ class StopRequest:
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self) -> StopRequest:
-        self.requested = False
+        self.signum = None
         self.previous = [signal.signal(sig, self._handle) for sig in self.SIGNALS]
         return self
 
@@ -288,10 +300,18 @@ class StopRequest:
         for sig, handler in zip(self.SIGNALS, self.previous):
             signal.signal(sig, handler)
 
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.requested else "a signal to another process"
+
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.signum = signum
 
 
 class MetricsLog:
