@@ -149,11 +149,12 @@ def trained(tmp_path_factory):
     return model, folder, batch(256)
 
 
-def test_int8_export_stays_close_to_fp32(trained, capsys):
+@pytest.mark.parametrize("batch_flag", [["--dynamic-batch"], []])
+def test_int8_export_stays_close_to_fp32(trained, capsys, batch_flag):
     model, folder, (x, y) = trained
     out = folder / "small.int8.onnx"
     status = main(["export", str(folder / "small.safetensors"), "--int8", "--calib", str(folder / "calib"),
-                   "--dynamic-batch", "-o", str(out)])
+                   *batch_flag, "-o", str(out)])
     assert status == 0 and "INT8 calibrated on 48 images" in capsys.readouterr().out
     quantized = onnx.load(str(out))
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in quantized.graph.node}

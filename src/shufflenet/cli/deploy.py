@@ -200,7 +200,8 @@ def run_export(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as workdir:
             fp32 = Path(workdir) / "fp32.onnx"
             export_onnx(model, fp32, **options)
-            proto = quantize_onnx(fp32, output, image_batches(calibration, model.preprocessing))
+            batches = image_batches(calibration, model.preprocessing, batch_size=16 if args.dynamic_batch else 1)
+            proto = quantize_onnx(fp32, output, batches)
     batch = "dynamic batch" if args.dynamic_batch else "batch 1"
     kind = f"INT8 calibrated on {len(calibration)} images" if args.int8 else "fp32"
     print(f"wrote {output} (ONNX opset {args.opset}, {batch}, {kind}, max tensor rank {max_tensor_rank(proto)})")

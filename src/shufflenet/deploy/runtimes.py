@@ -89,6 +89,7 @@ def load_runtime(
             return torch_runtime(model, device, threads)
         proto = to_onnx(model, dynamic_batch=True)
     runner = ort_runner(proto, device, threads) if backend == "onnxruntime" else openvino_runner(proto, device, threads)
+    runner = in_chunks(runner, fixed_batch_size(proto))
     return Runtime(runner, backend, **read_metadata(proto))
 
 
@@ -127,6 +128,18 @@ def torch_runtime(model: nn.Module, device: str | None = None, threads: int | No
         return model(batch.to(target)).float().cpu()
 
     return model_runtime(run, "torch", model)
+
+
+def fixed_batch_size(proto: onnx.ModelProto) -> int | None:
+    """The batch size an ONNX model was exported for, or None when its batch dimension is dynamic."""
+    return proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value or None
+
+
+def in_chunks(run: Callable[[torch.Tensor], torch.Tensor], size: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Run a model exported for a fixed batch ``size`` (usually 1) on batches of any multiple of it."""
+    if size is None:
+        return run
+    return lambda batch: torch.cat([run(chunk) for chunk in batch.split(size)])
 
 
 def ort_runner(proto: onnx.ModelProto, device: str | None, threads: int | None) -> Callable:
