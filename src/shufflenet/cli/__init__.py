@@ -13,7 +13,7 @@ import sys
 
 from ..errors import UserError
 
-COMMAND_MODULES = ("zoo", "demo", "convert", "deploy", "engine")
+COMMAND_MODULES = ("zoo", "convert", "engine", "deploy", "demo")  # the order of `shufflenet --help`
 
 
 def build_parser() -> argparse.ArgumentParser:
