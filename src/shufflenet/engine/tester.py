@@ -33,8 +33,6 @@ def test(
     checkpoint = Path(checkpoint)
     config = load_config(source) if source.endswith((".yaml", ".yml")) else None
     model, config = load_model(checkpoint, source, config)
-    if isinstance(model, nn.Module):
-        model.eval()
     prep: Preprocessing = model.preprocessing
     dataset = builders.eval_dataset(_data_path(data, config), prep)
     num_classes = _output_classes(model, prep)
@@ -62,7 +60,7 @@ def test(
 
 def load_model(checkpoint: Path, source: str, config: Config | None) -> tuple[nn.Module | Callable, Config | None]:
     """A training-state file of ``shufflenet train``, an ONNX export, or any weights file
-    ``shufflenet.weights`` reads."""
+    ``shufflenet.weights`` reads; modules come back in eval mode."""
     if not checkpoint.is_file():
         raise UserError(f"checkpoint not found: {checkpoint}")
     if checkpoint.suffix.lower() == ".onnx":
@@ -80,7 +78,7 @@ def load_model(checkpoint: Path, source: str, config: Config | None) -> tuple[nn
     from ..weights import load_checkpoint
 
     spec = models.get_spec(config.model.name if config else source)
-    return load_checkpoint(checkpoint, spec=spec), config
+    return load_checkpoint(checkpoint, spec=spec).eval(), config
 
 
 def _output_classes(model: nn.Module | Callable, prep: Preprocessing) -> int:
