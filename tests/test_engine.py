@@ -269,3 +269,33 @@ def test_divergence_stops_and_keeps_the_last_finite_checkpoint(tiny, tmp_path: P
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
     assert all(torch.isfinite(t).all() for s in state["optimizer"]["state"].values() for t in s.values())
     assert not (work / "model.safetensors").exists()
+
+
+def test_resume_refuses_other_model_settings(tiny, tmp_path: Path, capsys) -> None:
+    """The even/odd-routed V2 has the same parameter shapes as the shuffle-routed one: resuming one
+    run's checkpoint under the other's recipe would train a scrambled network without a word."""
+    config, data = tiny
+    work = tmp_path / "run"
+    assert cli("train", config, "--data", data, "--epochs", 1, "--work-dir", work) == 0
+    capsys.readouterr()
+    code = cli("train", config, "--data", data, "--epochs", 2, "--work-dir", work, "--resume",
+               "--set", "train.even_odd_routing=true")
+    assert code == 2
+    assert "other model settings (train.even_odd_routing: False -> True)" in capsys.readouterr().err
+
+
+def test_even_odd_routed_training_saves_torchvision_order(tiny, tmp_path: Path) -> None:
+    """Training in the even/odd twin is invisible outside: model.safetensors is in torchvision's
+    channel order (a plain model loads it) and `test` reads the routed training checkpoint right."""
+    from shufflenet.engine import test as evaluate
+    from shufflenet.weights import load_checkpoint
+
+    config, data = tiny
+    work = tmp_path / "run"
+    assert cli("train", config, "--data", data, "--epochs", 1, "--work-dir", work, "--set", "train.even_odd_routing=true") == 0
+    assert torch.load(work / "checkpoints" / "last.pt", weights_only=True)["config"]["train"]["even_odd_routing"]
+    saved = load_checkpoint(work / "model.safetensors")
+    assert saved.routing == "shuffle"
+    results = [evaluate("shufflenet_v2_x0_5", work / name, data=str(data / "val"), workers=0, out=tmp_path / name.replace("/", "_"))
+               for name in ("checkpoints/last.pt", "model.safetensors")]
+    assert results[0]["top1"] == results[1]["top1"] and results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-5)

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import io
 import logging
+import os
 import pickle
 import urllib.error
 
@@ -239,6 +240,9 @@ def test_safetensors_round_trip_keeps_metadata(tmp_path):
         assert torch.equal(loaded(x), model(x))
     assert loaded.class_names == tuple("abcdefg") and loaded.preprocessing == MEGVII
     assert loaded.stages[0][1].shuffle_groups == model.stages[0][1].shuffle_groups != 8
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
 
 
 def test_bad_checkpoints_fail_clearly_with_exit_2(tmp_path, capsys):

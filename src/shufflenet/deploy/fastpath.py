@@ -26,7 +26,7 @@ from torch import nn
 
 from ..models.layers import channel_shuffle
 from ..models.v1 import ShuffleNetV1
-from ..models.v2 import ShuffleNetV2, ShuffleUnitV2
+from ..models.v2 import ShuffleNetV2, ShuffleUnitV2, consumption_times, convert_routing
 from .fuse import fuse_conv_bn
 
 # -- weight permutations ---------------------------------------------------------------------------
@@ -43,18 +43,6 @@ def permute_outputs(conv: nn.Conv2d, order: Sequence[int]) -> None:
 
 
 # -- ShuffleNet V2 without shuffle -----------------------------------------------------------------
-def consumption_times(repeats: int, channels: int) -> list[list[int]]:
-    """For each unit of a stage, for each channel of its (torchvision-order) output: in how many
-    units it is consumed. A stride-1 unit consumes the upper half of its input and passes the lower
-    half ``c`` to position ``2c`` of its output; whatever follows the stage consumes everything."""
-    half = channels // 2
-    times = [[1] * channels]
-    for _ in range(repeats - 1):
-        later = times[0]
-        times.insert(0, [1 if c >= half else 1 + later[2 * c] for c in range(channels)])
-    return times
-
-
 class SortedUnitV2(nn.Module):
     """A V2 unit whose input and output channels are stored in consumption order.
 
@@ -129,11 +117,11 @@ def shuffle_free_v2(model: ShuffleNetV2) -> ShuffleNetV2:
     """An exact copy of a torchvision-layout V2 (BN folded) with no channel shuffle left."""
     if model.layout != "torchvision":
         raise ValueError("shuffle_free_v2 rewrites the torchvision layout (Megvii's has no shuffle to remove)")
-    model = fuse_conv_bn(model)
+    model = fuse_conv_bn(convert_routing(model, "shuffle"))
     stored = list(range(model.stem.conv.out_channels))
     for stage in model.stages:
         channels = stage[0].branch_main[2].conv.out_channels * 2
-        times = consumption_times(len(stage), channels)
+        times = consumption_times(len(stage), channels, "shuffle")
         for u, unit in enumerate(stage):
             stage[u], stored = sort_unit(unit, stored, times[u])
     permute_inputs(model.conv_last.conv, stored)

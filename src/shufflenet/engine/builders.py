@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 from ..data.datasets import ImageDataset, ResumableSampler, collate, shard_indices
 from ..data.preprocess import Preprocessing, train_transform
 from ..errors import UserError
+from ..models.v2 import ShuffleNetV2, convert_routing
 from .config import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig
 from .distributed import Runtime
 
@@ -91,6 +92,20 @@ def batch_mixer(data: DataConfig, num_classes: int) -> v2.Transform | None:
 
 
 # -- model ---------------------------------------------------------------------------------------
+def build_training_model(config: Config, class_names: list[str] | None = None) -> nn.Module:
+    """The model as training runs it: ``build_model``, then ShuffleNet V2 (torchvision layout) moved
+    to its even/odd routing when ``train.even_odd_routing`` asks (the same function, no shuffle)."""
+    net = build_model(config.model, class_names)
+    if config.train.even_odd_routing and isinstance(net, ShuffleNetV2) and net.layout == "torchvision":
+        net = convert_routing(net, "even_odd")
+    return net
+
+
+def shuffle_routed(model: nn.Module) -> nn.Module:
+    """``model`` in torchvision's channel order, the one every other zoo's V2 weights use."""
+    return convert_routing(model, "shuffle") if getattr(model, "routing", None) == "even_odd" and model.layout == "torchvision" else model
+
+
 def build_model(model: ModelConfig, class_names: list[str] | None = None) -> nn.Module:
     from .. import get_model
 

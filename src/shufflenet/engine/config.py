@@ -97,6 +97,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
+    even_odd_routing: bool = False  # V2 (torchvision layout) trains in its exact even/odd twin: no shuffle copies
     compile: bool = False
     sync_bn: bool = False
     ema_decay: float | None = None  # e.g. 0.9998 per optimizer step; None: no EMA

@@ -70,7 +70,7 @@ def load_model(checkpoint: Path, source: str, config: Config | None) -> tuple[nn
     state = _training_state(checkpoint) if checkpoint.suffix in (".pt", ".pth") else None
     if state is not None:
         config = config or from_dict(state["config"])
-        model = builders.build_model(_without_pretrained(config).model, state.get("class_names"))
+        model = builders.build_training_model(_without_pretrained(config), state.get("class_names"))
         model.load_state_dict(state["model"])
         model.preprocessing = builders.preprocessing(config.data)
         return model.eval(), config

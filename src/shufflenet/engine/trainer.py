@@ -84,7 +84,7 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
     mixer = builders.batch_mixer(config.data, config.model.num_classes)
     report_corrupt = CorruptReporter(config.data.strict, runtime)
 
-    model = builders.build_model(config.model, train_set.classes)
+    model = builders.build_training_model(config, train_set.classes)
     model.preprocessing = prep
     if tc.sync_bn and runtime.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -102,6 +102,7 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
     resume_path = _resume_path(resume, checkpoints)
     if resume_path is not None:
         state = load_training_state(resume_path)
+        _check_same_model(state, config, resume_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -251,7 +252,7 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
         summary.update(recalibrated_top1=val["top1"], recalibrated_top5=val["top5"])
         _say(runtime, f"after BN recalibration: top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}")
     if runtime.is_main:
-        save_weights(final, work_dir / "model.safetensors", {"best_top1": best_top1, "epochs": config.schedule.epochs})
+        save_weights(builders.shuffle_routed(final), work_dir / "model.safetensors", {"best_top1": best_top1, "epochs": config.schedule.epochs})
         metrics_log.finish(history)
         (work_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     barrier(runtime)
@@ -259,6 +260,19 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
 
 
 # -- helpers of the loop ----------------------------------------------------------------------
+def _check_same_model(state: dict, config: Config, path: Path) -> None:
+    """Same-shaped weights can mean a different network (V2's even/odd routing permutes channels),
+    so a checkpoint resumes only under the model settings it was trained with."""
+    def settings(raw: dict) -> dict:
+        model = {f"model.{k}": v for k, v in raw["model"].items() if k != "pretrained"}
+        return {**model, "train.even_odd_routing": raw["train"].get("even_odd_routing", False)}
+
+    trained, current = settings(state["config"]), settings(config.to_dict())
+    if trained != current:
+        changed = ", ".join(f"{k}: {trained.get(k)!r} -> {current.get(k)!r}" for k in sorted(trained.keys() | current.keys()) if trained.get(k) != current.get(k))
+        raise UserError(f"{path} was trained with other model settings ({changed}); resume with the recipe it was trained with")
+
+
 def _resume_path(resume: str | Path | bool, checkpoints: Path) -> Path | None:
     if resume is True:
         last = checkpoints / "last.pt"

@@ -182,10 +182,18 @@ def variant_kwargs(model: nn.Module) -> dict[str, Any]:
         kwargs["small_input"] = True
     if hasattr(model, "layout"):
         kwargs["layout"] = model.layout
+    if getattr(model, "routing", None) == "even_odd" and model.layout == "torchvision":
+        kwargs["routing"] = model.routing
     if hasattr(model, "shuffle"):  # V1
         kwargs["fc_bias"] = model.head.fc.bias is not None
         kwargs["shuffle"] = model.shuffle
     return kwargs
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, extra_metadata: dict[str, Any] | None = None) -> Path:
@@ -221,6 +229,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, extra_metadata: dict[str
     os.close(fd)
     try:
         save_file(state, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private; the result gets a normal file's mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
