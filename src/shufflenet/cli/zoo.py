@@ -8,6 +8,7 @@ import json
 from ..complexity import complexity
 from ..errors import UserError
 from ..models.registry import get_spec, list_models
+from ..weights.hub import list_pretrained
 from .table import format_table
 
 
@@ -30,13 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_list(args: argparse.Namespace) -> int:
     if args.pretrained:
-        from ..weights.hub import list_pretrained
-
         tags = list_pretrained(args.pattern)
         if not tags:
             raise UserError(f"no pretrained weights match {args.pattern!r}")
-        print(format_table(["name.tag", "top-1", "top-5", "source"],
-                           [[t.full_name, f"{t.top1:g}", f"{t.top5:g}", "manual" if t.manual else t.url] for t in tags]))
+        print(format_table(["name.tag", "dataset", "top-1", "top-5", "source"],
+                           [[t.full_name, t.dataset, f"{t.top1:g}", f"{t.top5:g}", "manual" if t.manual else t.url]
+                            for t in tags]))
         return 0
     names = list_models(args.pattern)
     if not names:
@@ -57,6 +57,8 @@ def model_info(name: str, input_size: int = 224) -> dict:
         "input_size": input_size,
         "reference": {q: dict(zip(("value", "source"), r)) for q in ("params", "macs") if (r := spec.reference(q))},
         "top1": {r.source: r.top1 for r in spec.references if r.top1 is not None},
+        "other_weights": {t.tag: {"dataset": t.dataset, "top1": t.top1, "top5": t.top5}
+                          for t in list_pretrained(spec.name) if t.dataset != "ImageNet-1k"},
         "preprocessing": spec.preprocessing.to_dict(),
     }
 
@@ -99,5 +101,9 @@ def run_info(args: argparse.Namespace) -> int:
             " ".join(f"{k} {v:g}" for k, v in info["top1"].items()) or None,
         ])
     headers = ["model", "params", "published", "Δ", f"MACs@{args.input_size}", "published", "Δ", "ImageNet top-1"]
+    if any(info["other_weights"] for info in infos):  # bundled weights trained on another dataset
+        headers.append("other weights: top-1")
+        for row, info in zip(rows, infos):
+            row.append(" ".join(f"{name} ({w['dataset']}) {w['top1']:g}" for name, w in info["other_weights"].items()) or None)
     print(format_table(headers, rows))
     return 0

@@ -7,14 +7,24 @@ only where the publisher documents the file-name suffix as a sha256 prefix (torc
 mmpretrain); mindcv and MegEngine suffixes are of an undocumented kind and are not checked.
 Megvii publishes its files only through OneDrive/BaiduYun folders, so those tags are "manual":
 the error message says where to put the downloaded file.
+
+Bundled tags (weights trained here, e.g. ``shufflenet_v2_x1_0.cifar10``) ship inside the package
+as ``weights/bundled/<model>.<tag>.safetensors`` in our checkpoint format: a file there *is* the
+tag, described by its own metadata (accuracy, dataset, preprocessing, class names, architecture
+options), and it is never downloaded. ``tools/bundle_weights.py`` makes such a file from a
+finished training run.
 """
 
 from __future__ import annotations
 
+import datetime
 import fnmatch
+import functools
 import hashlib
+import json
 import logging
 import os
+import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -27,12 +37,15 @@ from tqdm import tqdm
 from ..data.preprocess import IMAGENET, IMAGENET_RESIZE_232, MEGVII, Preprocessing
 from ..errors import UnknownModelError, UserError
 from ..models.registry import ModelSpec, get_spec
-from .checkpoint import imagenet_categories, load_checkpoint
-from .formats import FORMATS, MEGENGINE
+from .checkpoint import imagenet_categories, load_checkpoint, save_checkpoint
+from .formats import FORMATS, MEGENGINE, CheckpointError
 
 logger = logging.getLogger(__name__)
 DOWNLOAD_TIMEOUT_S = 15
 MEGVII_FOLDER = "https://1drv.ms/f/s!AgaP37NGYuEXhRfQxHRseR7eSxXo"  # BaiduYun mirror: pan.baidu.com/s/1EUQVoFPb74yZm0JWHKjFOw (code mc24)
+BUNDLED_DIR = Path(__file__).parent / "bundled"  # tests point this at a temporary folder
+BUNDLED_URL = "bundled"
+BUNDLED_KEYS = ("shufflenet.format", "architecture", "model_kwargs", "preprocessing", "top1", "top5", "dataset")
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,9 @@ class PretrainedTag:
     file_size_mb: float | None = None  # as published (torchvision meta)
     manual: bool = False  # no direct link: the user downloads the file by hand
     filename: str = field(default="")
+    dataset: str = "ImageNet-1k"
+    path: Path | None = None  # bundled: the file inside the package
+    model_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)  # bundled: stored in the file
 
     @property
     def full_name(self) -> str:
@@ -110,22 +126,92 @@ def _megvii_tags() -> list[PretrainedTag]:
     return tags
 
 
-TAGS: dict[str, dict[str, PretrainedTag]] = {}
+TAGS: dict[str, dict[str, PretrainedTag]] = {}  # the download tags
 for _t in _tags():  # the first tag of a model is its default
     TAGS.setdefault(_t.model, {})[_t.tag] = _t
+
+
+# -- bundled tags: discovered from the files shipped in BUNDLED_DIR --------------------------------
+def bundled_tags() -> list[PretrainedTag]:
+    """One tag per readable ``<model>.<tag>.safetensors`` in ``BUNDLED_DIR``; broken files are skipped."""
+    files = sorted(BUNDLED_DIR.glob("*.safetensors"))
+    return list(_read_bundled(tuple((str(p), p.stat().st_mtime_ns) for p in files)))
+
+
+@functools.lru_cache(maxsize=4)  # keyed on (path, mtime): each file's header is read, and warned about, once
+def _read_bundled(files: tuple[tuple[str, int], ...]) -> tuple[PretrainedTag, ...]:
+    tags = []
+    for path, _ in files:
+        try:
+            tags.append(read_bundled_tag(Path(path)))
+        except UserError as error:  # one bad file must not take `shufflenet list` down
+            logger.warning("skipped: %s", error)
+    return tuple(tags)
+
+
+def read_bundled_tag(path: Path) -> PretrainedTag:
+    """The tag a bundled file defines, from its name and its metadata (the header only, no tensors)."""
+    model, _, tag = path.name.removesuffix(".safetensors").partition(".")
+    origin = f"bundled weights {path.name}"
+    check_bundled_name(model, tag, origin)
+    meta = _header_metadata(path, origin)
+    missing = [key for key in BUNDLED_KEYS if key not in meta]
+    if missing:
+        raise CheckpointError(f"{origin}: metadata lacks {', '.join(missing)} (make the file with tools/bundle_weights.py)")
+    if meta["architecture"] != model:
+        raise CheckpointError(f"{origin}: holds {meta['architecture']} weights, not {model}")
+    try:
+        return PretrainedTag(
+            model, tag, "ours", BUNDLED_URL, float(meta["top1"]), float(meta["top5"]),
+            Preprocessing.from_dict(json.loads(meta["preprocessing"])),
+            dataset=meta["dataset"], path=path, model_kwargs=dict(json.loads(meta["model_kwargs"])),
+        )
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{origin}: malformed metadata ({error})") from None
+
+
+def check_bundled_name(model: str, tag: str, origin: str) -> None:
+    """A bundled tag names a registered model and a new tag in [a-z0-9_]."""
+    if not re.fullmatch(r"[a-z0-9_]+", tag):
+        raise CheckpointError(f"{origin}: the file name must be <model>.<tag>.safetensors, the tag in [a-z0-9_]")
+    try:
+        get_spec(model)
+    except UnknownModelError as error:
+        raise CheckpointError(f"{origin}: {error}") from None
+    if tag in TAGS.get(model, {}):
+        raise CheckpointError(f"{origin}: {model}.{tag} is already a download tag")
+
+
+def _header_metadata(path: Path, origin: str) -> dict[str, str]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{origin}: not a readable safetensors file ({error})") from None
+
+
+# -- look-up -----------------------------------------------------------------------------------------
+def all_tags() -> dict[str, dict[str, PretrainedTag]]:
+    """Model -> tag -> description: the download tags first (the first is the default), then the bundled."""
+    tags = {model: dict(model_tags) for model, model_tags in TAGS.items()}
+    for info in bundled_tags():
+        tags.setdefault(info.model, {})[info.tag] = info
+    return tags
 
 
 def list_pretrained(pattern: str | None = None) -> list[PretrainedTag]:
     """All tags, optionally those whose ``name`` or ``name.tag`` matches a shell-style pattern."""
     return [
-        t for model_tags in TAGS.values() for t in model_tags.values()
+        t for model_tags in all_tags().values() for t in model_tags.values()
         if pattern is None or fnmatch.fnmatchcase(t.model, pattern) or fnmatch.fnmatchcase(t.full_name, pattern)
     ]
 
 
 def get_tag(model_name: str, tag: str | None = None) -> PretrainedTag:
     """The tag's description (``tag=None``: the model's default tag)."""
-    available = TAGS.get(model_name, {})
+    available = all_tags().get(model_name, {})
     if not available:
         raise UserError(f"{model_name} has no pretrained weights; pass a checkpoint path instead")
     if tag is None:
@@ -138,6 +224,8 @@ def get_tag(model_name: str, tag: str | None = None) -> PretrainedTag:
 def tag_model_kwargs(model_name: str, tag: str) -> dict[str, Any]:
     """Architecture options the tag's weights need, e.g. ``{"layout": "megvii"}``."""
     info = get_tag(model_name, tag)
+    if info.path:  # the class count is num_classes' business, as for every other tag
+        return {k: v for k, v in info.model_kwargs.items() if k != "num_classes"}
     return dict(FORMATS[info.source_format].variant_kwargs.get(get_spec(model_name).family, {}))
 
 
@@ -147,7 +235,9 @@ def cache_dir() -> Path:
 
 
 def cached_file(info: PretrainedTag, progress: bool = True) -> Path:
-    """The tag's file in the cache, downloading it first if needed."""
+    """The tag's file: bundled in the package, or in the cache (downloaded first if needed)."""
+    if info.path:
+        return info.path
     path = cache_dir() / info.cache_name
     if path.is_file():
         return path
@@ -212,13 +302,70 @@ def build_pretrained(
     spec: ModelSpec, tag: str | None, pretrained: bool | str | os.PathLike, num_classes: int | None, **kwargs: Any
 ) -> nn.Module:
     """``spec`` with weights: ``pretrained`` is True (``tag`` or the default tag), a tag, or a file path."""
-    if isinstance(pretrained, (str, os.PathLike)) and str(pretrained) not in TAGS.get(spec.name, {}):
+    if isinstance(pretrained, (str, os.PathLike)) and str(pretrained) not in all_tags().get(spec.name, {}):
         model = load_checkpoint(pretrained, spec=spec, **kwargs)
     else:
         info = get_tag(spec.name, pretrained if isinstance(pretrained, str) else tag)
         model = load_checkpoint(cached_file(info), info.source_format, spec=spec, **kwargs)
-        model.preprocessing = info.preprocessing
+        if not info.path:  # zoo files carry no metadata; every download tag is ImageNet-1k
+            model.preprocessing = info.preprocessing
+            model.class_names = imagenet_categories()
         model.source = {"format": info.source_format, "tag": info.full_name, "url": info.url}
-        model.class_names = imagenet_categories()
     model.model_name = spec.name
     return fit_classifier(model, num_classes).eval()
+
+
+# -- making a bundled tag from a finished training run ---------------------------------------------
+def bundle_run(
+    run_dir: str | Path,
+    tag: str,
+    command: str,
+    out_dir: str | Path | None = None,
+    data: str | None = None,
+    dataset: str = "CIFAR-10",
+    force: bool = False,
+) -> PretrainedTag:
+    """Write ``<model>.<tag>.safetensors`` (default: into ``BUNDLED_DIR``) from the final weights of
+    a ``shufflenet train`` work dir, with the accuracy measured on the run's validation set (its
+    ``summary.json``, or re-evaluated on ``data``), the recipe, the epochs, the command and the date."""
+    run_dir = Path(run_dir)
+    weights, config, summary = (run_dir / name for name in ("model.safetensors", "config.yaml", "summary.json"))
+    missing = [p.name for p in (weights, config, summary) if not p.is_file()]
+    if missing:
+        raise UserError(f"{run_dir} is not a finished training run: it has no {', '.join(missing)}")
+    model = load_checkpoint(weights)
+    dest = Path(out_dir or BUNDLED_DIR) / f"{model.model_name}.{tag}.safetensors"
+    check_bundled_name(model.model_name, tag, f"tag {tag!r}")
+    if dest.exists() and not force:
+        raise UserError(f"{dest} exists; pass --force to replace it")
+    try:
+        run_summary = json.loads(summary.read_text())
+    except ValueError as error:
+        raise UserError(f"{summary}: not valid JSON ({error})") from None
+    top1, top5 = evaluated_accuracy(config, weights, data) if data else final_accuracy(run_summary)
+    model.source = {"format": "ours", "tag": f"{model.model_name}.{tag}", "run": run_dir.name}
+    trained = datetime.datetime.fromtimestamp(weights.stat().st_mtime, datetime.timezone.utc)
+    save_checkpoint(model, dest, {
+        "top1": f"{top1:.2f}", "top5": f"{top5:.2f}", "dataset": dataset, "recipe": config.read_text(),
+        "epochs": str(run_summary["epochs"]), "command": command, "trained": trained.date().isoformat(),
+    })
+    return read_bundled_tag(dest)
+
+
+def final_accuracy(summary: dict) -> tuple[float, float]:
+    """(top-1, top-5) of the weights a run saved in ``model.safetensors``, from its ``summary.json``."""
+    if "recalibrated_top1" in summary:  # the saved weights are the BN-recalibrated ones
+        return summary["recalibrated_top1"], summary["recalibrated_top5"]
+    if "ema_top1" in summary:
+        raise UserError("the run saved its EMA weights, whose top-5 summary.json lacks; re-evaluate with --data DIR")
+    if "val_top1" not in summary:
+        raise UserError("summary.json holds no final validation accuracy; re-evaluate with --data DIR")
+    return summary["val_top1"], summary["val_top5"]
+
+
+def evaluated_accuracy(config: Path, weights: Path, data: str) -> tuple[float, float]:
+    """(top-1, top-5) of ``weights`` on the labelled folder ``data`` (``shufflenet test``'s evaluation)."""
+    from ..engine.tester import test
+
+    result = test(str(config), weights, data=data, out=weights.parent)
+    return result["top1"], result["top5"]
