@@ -299,3 +299,15 @@ def test_even_odd_routed_training_saves_torchvision_order(tiny, tmp_path: Path) 
     results = [evaluate("shufflenet_v2_x0_5", work / name, data=str(data / "val"), workers=0, out=tmp_path / name.replace("/", "_"))
                for name in ("checkpoints/last.pt", "model.safetensors")]
     assert results[0]["top1"] == results[1]["top1"] and results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-5)
+
+
+def test_train_per_class_keeps_the_first_images_of_each_class(tiny) -> None:
+    from shufflenet.engine import builders
+
+    config, data = tiny
+    train_set, val_set = builders.build_datasets(load_config(config, [f"data.root={data}", "data.train_per_class=3"]).data)
+    kept = [(Path(path).parent.name, Path(path).name) for path, _ in train_set.samples]
+    expected = [(c, name) for c in ("airplane", "frog") for name in sorted(p.name for p in (data / "train" / c).iterdir())[:3]]
+    assert kept == expected and len(val_set) == 16
+    with pytest.raises(UserError, match="at least 1"):
+        builders.build_datasets(load_config(config, [f"data.root={data}", "data.train_per_class=0"]).data)

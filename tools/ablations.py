@@ -2,6 +2,12 @@
 
     python tools/ablations.py --data /path/to/cifar10 --runs-dir runs/ablations          # train what is missing
     python tools/ablations.py --data /path/to/cifar10 --runs-dir runs/ablations --report # tables only
+    python tools/ablations.py --data ... --per-class 1000 --epochs 15                     # a 10,000-image scale
+
+On two CPU cores the full grid (10 models, 3 seeds, 30 epochs of 50,000 images) takes days, so
+``--per-class`` trains on the first N images of each class (``data.train_per_class``); the report
+states the scale, and the val set is always the full 5,000 images. Each table also gives the
+model's batch-1 CPU latency at 32 px on the fast path (``shufflenet.deploy.bench``, 1 thread).
 
 Every run is ``shufflenet train configs/cifar10/ablation.yaml`` with the model, its options and the
 seed overridden, in its own work dir, started with ``--resume``: re-running the command after an
@@ -80,8 +86,21 @@ EXPERIMENTS = [
 ]
 
 
-def run_dir(runs: Path, variant: Variant, seed: int) -> Path:
-    return runs / f"{variant.slug}-seed{seed}"
+def run_dir(args: argparse.Namespace, variant: Variant, seed: int) -> Path:
+    """One folder per run and scale, so runs at another scale never mix into a table."""
+    return args.runs_dir / f"{variant.slug}-e{args.epochs}-n{args.per_class or 'all'}-seed{seed}"
+
+
+def cpu_latency_ms(variant: Variant) -> float:
+    """Median batch-1 latency of the CIFAR-shaped model (small_input, 10 classes, 32 px) on the
+    fast path, one thread: what the accuracy costs at deployment."""
+    from shufflenet import get_model
+    from shufflenet.data.preprocess import Preprocessing
+    from shufflenet.deploy.bench import benchmark
+
+    model = get_model(variant.model, num_classes=10, small_input=True, **dict(variant.options))
+    model.preprocessing = Preprocessing(crop_size=32, resize_size=32)
+    return benchmark(model, ("fast",), (1,), device="cpu", threads=1, iters=200)[0]["median_ms"]
 
 
 def train_missing(args: argparse.Namespace) -> None:
@@ -90,40 +109,45 @@ def train_missing(args: argparse.Namespace) -> None:
     variants = {v.slug: v for e in EXPERIMENTS for v in e.variants}.values()
     for seed in range(args.seeds):
         for variant in variants:
-            work = run_dir(args.runs_dir, variant, seed)
+            work = run_dir(args, variant, seed)
             if (work / "summary.json").exists():
                 continue
             overrides = [f"model.name={variant.model}", f"train.seed={seed}", f"data.root={args.data}",
-                         f"schedule.epochs={args.epochs}", f"model.kwargs={json.dumps(dict(variant.options))}"]
+                         f"schedule.epochs={args.epochs}", f"model.kwargs={json.dumps(dict(variant.options))}",
+                         f"data.train_per_class={args.per_class if args.per_class else 'null'}"]
             print(f"== {variant.name} seed {seed} -> {work}", flush=True)
             train(load_config(RECIPE, overrides), work, resume=True)
 
 
-def final_top1(runs: Path, variant: Variant, seeds: int) -> list[float]:
+def final_top1(args: argparse.Namespace, variant: Variant) -> list[float]:
     results = []
-    for seed in range(seeds):
-        summary = run_dir(runs, variant, seed) / "summary.json"
+    for seed in range(args.seeds):
+        summary = run_dir(args, variant, seed) / "summary.json"
         if summary.exists():
             results.append(json.loads(summary.read_text())["val_top1"])
     return results
 
 
 def report(args: argparse.Namespace) -> str:
+    scale = f"the first {args.per_class} training images of each class" if args.per_class else "all 50,000 training images"
     lines = [
         "# The papers' claims at CIFAR-10 scale",
         "",
-        f"Each cell: CIFAR-10 val top-1 (5,000 images) at the end of `configs/cifar10/ablation.yaml`, {args.epochs} epochs,",
-        "mean ± std over the seeds that finished (n). Made by `python tools/ablations.py --report`.",
+        f"Each cell: CIFAR-10 val top-1 (5,000 images) at the end of `configs/cifar10/ablation.yaml`, {args.epochs} epochs",
+        f"on {scale}, mean ± std over the seeds that finished (n); CPU latency: batch 1, 32 px, fast path, 1 thread.",
+        f"Made by `python tools/ablations.py --data DIR --epochs {args.epochs}"
+        + (f" --per-class {args.per_class}" if args.per_class else "") + " --report`.",
     ]
     for experiment in EXPERIMENTS:
         lines += ["", f"## {experiment.title}", "", f"Paper: {experiment.claim}.", "",
-                  "| model | CIFAR-10 top-1 | n | paper ImageNet top-1 error |", "|---|---|---|---|"]
+                  "| model | CIFAR-10 top-1 | n | CPU latency ms | paper ImageNet top-1 error |", "|---|---|---|---|---|"]
         means = []
         for variant in experiment.variants:
-            accs = final_top1(args.runs_dir, variant, args.seeds)
+            accs = final_top1(args, variant)
             cell = "–" if not accs else f"{statistics.mean(accs):.2f}" + (f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else "")
             paper = experiment.paper_error.get(variant.model) if not variant.options else None
-            lines.append(f"| {variant.name} | {cell} | {len(accs)} | {paper if paper is not None else '–'} |")
+            latency = f"{cpu_latency_ms(variant):.2f}" if accs else "–"
+            lines.append(f"| {variant.name} | {cell} | {len(accs)} | {latency} | {paper if paper is not None else '–'} |")
             means.append(statistics.mean(accs) if accs else None)
         lines += ["", verdict(experiment, means)]
     return "\n".join(lines) + "\n"
@@ -148,12 +172,19 @@ def main() -> int:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/ablations"))
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--per-class", type=int, help="train on the first N images of each class (default: all)")
     parser.add_argument("--report", action="store_true", help="only write the tables from finished runs")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results.md")
     args = parser.parse_args()
-    if not args.report:
-        train_missing(args)
-    args.out.write_text(report(args))
+    from shufflenet.errors import UserError
+
+    try:
+        if not args.report:
+            train_missing(args)
+        args.out.write_text(report(args))
+    except UserError as error:
+        print(f"ablations: error: {error}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out}")
     return 0
 

@@ -54,6 +54,18 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def first_per_class(self, count: int) -> ImageDataset:
+        """The first ``count`` samples of each class, in the dataset's (sorted) order."""
+        if count < 1:
+            raise UserError(f"data.train_per_class must be at least 1, got {count}")
+        seen = [0] * len(self.classes)
+        kept = []
+        for path, label in self.samples:
+            if seen[label] < count:
+                seen[label] += 1
+                kept.append((path, label))
+        return ImageDataset(kept, self.classes, self.transform)
+
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int] | CorruptSample:
         index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]

@@ -41,6 +41,8 @@ def build_datasets(data: DataConfig) -> tuple[ImageDataset, ImageDataset]:
     )
     train_path, val_path = split_paths(data)
     train_set = ImageDataset.from_path(train_path, train_steps)
+    if data.train_per_class is not None:
+        train_set = train_set.first_per_class(data.train_per_class)
     val_set = eval_dataset(val_path, preprocessing(data))
     if data.cache_decoded:
         for dataset in (train_set, val_set):

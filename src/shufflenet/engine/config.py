@@ -62,6 +62,7 @@ class DataConfig:
     root: str | None = None  # a folder holding train/ and val/
     train: str | None = None  # image folder or list file; default ROOT/train
     val: str | None = None  # default ROOT/val
+    train_per_class: int | None = None  # keep the first N training images of each class (quick experiments, few-shot)
     num_workers: int = 2
     cache_decoded: bool = False  # decode every image once into memory (small images such as CIFAR)
     strict: bool = False  # an unreadable image is an error instead of a counted warning
