@@ -97,8 +97,10 @@ def test_a_bundled_run_is_a_tag_that_loads_exactly(run_dir, bundled, reference):
         assert torch.equal(logits(model, x), logits(reference, x))
         assert model.class_names == CIFAR_CLASSES and model.preprocessing == CIFAR10
         assert model.stem.conv.stride == (1, 1) and model.source["tag"] == "shufflenet_v2_x0_5.cifar10"
-    # without weights the tag still fixes the architecture variant (the class count is num_classes')
-    assert shufflenet.get_model("shufflenet_v2_x0_5.cifar10", num_classes=10).stem.conv.stride == (1, 1)
+    # without weights the tag still fixes the architecture (timm's name.tag), class count included
+    bare = shufflenet.get_model("shufflenet_v2_x0_5.cifar10")
+    assert bare.stem.conv.stride == (1, 1) and bare.head.fc.out_features == 10
+    assert shufflenet.get_model("shufflenet_v2_x0_5.cifar10", num_classes=3).head.fc.out_features == 3
 
 
 def test_cli_lists_and_predicts_with_the_bundled_tag(run_dir, bundled, reference, tmp_path, capsys):

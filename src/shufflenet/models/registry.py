@@ -194,7 +194,9 @@ def get_model(name: str, pretrained: bool | str = False, num_classes: int | None
             from ..weights.hub import tag_model_kwargs
 
             kwargs = {**tag_model_kwargs(spec.name, tag), **kwargs}
-        return spec.build(**kwargs, **({} if num_classes is None else {"num_classes": num_classes}))
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        return spec.build(**kwargs)
     from ..weights.hub import build_pretrained
 
     return build_pretrained(spec, tag, pretrained, num_classes, **kwargs)

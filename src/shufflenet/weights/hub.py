@@ -224,8 +224,8 @@ def get_tag(model_name: str, tag: str | None = None) -> PretrainedTag:
 def tag_model_kwargs(model_name: str, tag: str) -> dict[str, Any]:
     """Architecture options the tag's weights need, e.g. ``{"layout": "megvii"}``."""
     info = get_tag(model_name, tag)
-    if info.path:  # the class count is num_classes' business, as for every other tag
-        return {k: v for k, v in info.model_kwargs.items() if k != "num_classes"}
+    if info.path:  # bundled weights: every option they were saved with, their class count included
+        return dict(info.model_kwargs)
     return dict(FORMATS[info.source_format].variant_kwargs.get(get_spec(model_name).family, {}))
 
 
