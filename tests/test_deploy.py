@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -194,3 +195,12 @@ def test_bench_cli_json_and_usage_errors(trained, capsys):
     assert row["backend"] == "eager" and row["batch_size"] == 2
     assert main(["bench", checkpoint, "--backend", "tensorrt"]) == 2
     assert main(["bench"]) == 2
+
+
+def test_calibration_sample_spans_every_class_folder():
+    from shufflenet.deploy.quantize import calibration_sample, find_images
+
+    images = find_images(Path(__file__).parents[1] / "demo" / "cifar10-subset" / "train")  # 10 classes x 200
+    sample = calibration_sample(images, 50)
+    assert len(sample) == 50 and len({p.parent.name for p in sample}) == 10
+    assert calibration_sample(images[:7], 50) == images[:7]

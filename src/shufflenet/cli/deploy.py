@@ -178,12 +178,12 @@ def default_output(source: str, suffix: str) -> Path:
 
 def run_export(args: argparse.Namespace) -> int:
     from ..deploy.export import export_onnx, export_torchscript, max_tensor_rank
-    from ..deploy.quantize import find_images, image_batches, quantize_onnx
+    from ..deploy.quantize import calibration_sample, find_images, image_batches, quantize_onnx
     from ..deploy.runtimes import load_torch_model
 
     if args.int8 and (args.format != "onnx" or not args.calib):
         raise UserError("--int8 needs --format onnx and --calib DIR (calibration images)")
-    calibration = find_images(args.calib)[: args.calib_size] if args.int8 else []
+    calibration = calibration_sample(find_images(args.calib), args.calib_size) if args.int8 else []
     if args.int8 and not calibration:
         raise UserError(f"{args.calib}: no images found for calibration")
     suffix = {"torchscript": ".pt", "onnx": ".int8.onnx" if args.int8 else ".onnx"}[args.format]

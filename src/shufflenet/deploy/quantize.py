@@ -31,6 +31,13 @@ def find_images(root: str | Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
+def calibration_sample(images: Sequence[Path], count: int) -> list[Path]:
+    """``count`` images evenly spaced over the sorted list: from an ImageFolder tree the first
+    ``count`` would all be one class, and a one-class calibration sets the wrong ranges."""
+    step = max(1, len(images) // count)
+    return list(images[::step][:count])
+
+
 def cpu_has_vnni() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
