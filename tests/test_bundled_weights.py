@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,3 +182,14 @@ if SHIPPED:  # defined only when the package ships weights: an empty parameter s
         size = info.preprocessing.crop_size
         assert logits(model, torch.randn(1, 3, size, size)).shape == (1, 10)
         assert len(model.class_names) == 10 and model.preprocessing == info.preprocessing
+
+    @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+    def test_shipped_weights_score_their_stored_accuracy_on_the_shipped_val_images(path, tmp_path):
+        """The 500 val images in demo/ are CIFAR-10 val images, never trained on: the shipped file,
+        through its own preprocessing, must score what its metadata claims (±5 points, ~4 sigma)."""
+        from shufflenet.engine import test as evaluate
+
+        info = hub.read_bundled_tag(path)
+        val = Path(__file__).parents[1] / "demo" / "cifar10-subset" / "val"
+        result = evaluate(info.model, path, data=str(val), workers=0, out=tmp_path)
+        assert abs(result["top1"] - info.top1) < 5, (result["top1"], info.top1)
