@@ -98,14 +98,14 @@ def build_training_model(config: Config, class_names: list[str] | None = None) -
     """The model as training runs it: ``build_model``, then ShuffleNet V2 (torchvision layout) moved
     to its even/odd routing when ``train.even_odd_routing`` asks (the same function, no shuffle)."""
     net = build_model(config.model, class_names)
-    if config.train.even_odd_routing and isinstance(net, ShuffleNetV2) and net.layout == "torchvision":
-        net = convert_routing(net, "even_odd")
-    return net
+    return routed(net, "even_odd") if config.train.even_odd_routing else net
 
 
-def shuffle_routed(model: nn.Module) -> nn.Module:
-    """``model`` in torchvision's channel order, the one every other zoo's V2 weights use."""
-    return convert_routing(model, "shuffle") if getattr(model, "routing", None) == "even_odd" and model.layout == "torchvision" else model
+def routed(model: nn.Module, routing: str) -> nn.Module:
+    """``model`` in ``routing`` ("shuffle": torchvision's channel order, the one every other zoo's
+    V2 weights use); models with a single routing come back as they are."""
+    reroutable = isinstance(model, ShuffleNetV2) and model.layout == "torchvision" and model.routing != routing
+    return convert_routing(model, routing) if reroutable else model
 
 
 def build_model(model: ModelConfig, class_names: list[str] | None = None) -> nn.Module:

@@ -252,7 +252,7 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
         summary.update(recalibrated_top1=val["top1"], recalibrated_top5=val["top5"])
         _say(runtime, f"after BN recalibration: top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}")
     if runtime.is_main:
-        save_weights(builders.shuffle_routed(final), work_dir / "model.safetensors", {"best_top1": best_top1, "epochs": config.schedule.epochs})
+        save_weights(builders.routed(final, "shuffle"), work_dir / "model.safetensors", {"best_top1": best_top1, "epochs": config.schedule.epochs})
         metrics_log.finish(history)
         (work_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     barrier(runtime)
