@@ -233,8 +233,8 @@ def convert_routing(model: ShuffleNetV2, routing: str) -> ShuffleNetV2:
     for name, steps in even_odd_permutations(model).items():
         tensor = state[name]
         for dim, order in steps:
-            index = torch.tensor(order) if to_even_odd else torch.argsort(torch.tensor(order))
-            tensor = tensor.index_select(dim, index)
+            index = torch.tensor(order, device=tensor.device)
+            tensor = tensor.index_select(dim, index if to_even_odd else torch.argsort(index))
         state[name] = tensor
     converted.load_state_dict(state)
     converted.routing = routing
