@@ -101,6 +101,7 @@ def test_a_bundled_run_is_a_tag_that_loads_exactly(run_dir, bundled, reference):
     # without weights the tag still fixes the architecture (timm's name.tag), class count included
     bare = shufflenet.get_model("shufflenet_v2_x0_5.cifar10")
     assert bare.stem.conv.stride == (1, 1) and bare.head.fc.out_features == 10
+    assert bare.preprocessing == CIFAR10  # `bench` and `export` size their input by it: 32 px, not 224
     assert shufflenet.get_model("shufflenet_v2_x0_5.cifar10", num_classes=3).head.fc.out_features == 3
 
 

@@ -191,12 +191,15 @@ def get_model(name: str, pretrained: bool | str = False, num_classes: int | None
     spec, tag = split_name(name)
     if pretrained is False or pretrained is None:
         if tag:  # the tag fixes the architecture variant its weights need, as if they were loaded
-            from ..weights.hub import tag_model_kwargs
+            from ..weights.hub import get_tag, tag_model_kwargs
 
             kwargs = {**tag_model_kwargs(spec.name, tag), **kwargs}
         if num_classes is not None:
             kwargs["num_classes"] = num_classes
-        return spec.build(**kwargs)
+        model = spec.build(**kwargs)
+        if tag:  # and the input they expect (32 px for CIFAR-10): `export` and `bench` size their input by it
+            model.preprocessing = get_tag(spec.name, tag).preprocessing
+        return model
     from ..weights.hub import build_pretrained
 
     return build_pretrained(spec, tag, pretrained, num_classes, **kwargs)
