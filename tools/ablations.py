@@ -3,6 +3,7 @@
     python tools/ablations.py --data /path/to/cifar10 --runs-dir runs/ablations          # train what is missing
     python tools/ablations.py --data /path/to/cifar10 --runs-dir runs/ablations --report # tables only
     python tools/ablations.py --data ... --per-class 1000 --epochs 15                     # a 10,000-image scale
+    python tools/ablations.py --data ... --models '*x0_5*'                                 # only the 0.5x variants
 
 On two CPU cores the full grid (10 models, 3 seeds, 30 epochs of 50,000 images) takes days, so
 ``--per-class`` trains on the first N images of each class (``data.train_per_class``); the report
@@ -21,6 +22,7 @@ import json
 import statistics
 import sys
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,7 +108,7 @@ def cpu_latency_ms(variant: Variant) -> float:
 def train_missing(args: argparse.Namespace) -> None:
     from shufflenet.engine import load_config, train
 
-    variants = {v.slug: v for e in EXPERIMENTS for v in e.variants}.values()
+    variants = [v for v in {v.slug: v for e in EXPERIMENTS for v in e.variants}.values() if fnmatch(v.slug, args.models)]
     for seed in range(args.seeds):
         for variant in variants:
             work = run_dir(args, variant, seed)
@@ -188,6 +190,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--per-class", type=int, help="train on the first N images of each class (default: all)")
+    parser.add_argument("--models", default="*", help="train only the variants whose slug matches this glob, e.g. '*x0_5*'")
     parser.add_argument("--report", action="store_true", help="only write the tables from finished runs")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results.md")
     args = parser.parse_args()
