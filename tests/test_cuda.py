@@ -60,10 +60,16 @@ def test_cuda_graph_replay_equals_eager() -> None:
     x = torch.randn(1, 3, 224, 224, device="cuda")
     forward = torch.inference_mode()(model)
     expected = forward(x).clone()
-    static_out = []
-    replay = cuda_graphed(lambda t: static_out.append(forward(t)) or static_out[-1], x)
+    captured = []  # the graph's output tensor, written again by every replay
+
+    def forward_and_keep(t: torch.Tensor) -> torch.Tensor:
+        captured.append(forward(t))
+        return captured[-1]
+
+    replay = cuda_graphed(forward_and_keep, x)
+    captured[-1].zero_()
     replay()
-    torch.testing.assert_close(static_out[-1], expected)
+    torch.testing.assert_close(captured[-1], expected)
 
 
 def test_even_odd_training_steps_match_the_shuffle_routing_on_cuda() -> None:
