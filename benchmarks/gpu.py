@@ -13,10 +13,10 @@ Four sections, each timing the peer and ours in alternating rounds after an unti
   is torchvision's model as a user runs it (eager); ours is the exact inference rewrite
   (``deploy.fastpath.optimize``: BN folded, no shuffle left) compiled by ``torch.compile``.
 - ``latency``: batch 1, fp32. The peer is torchvision's eager model; ours is the rewrite captured
-  in one CUDA graph (``deploy.bench.cuda_graphed``), as ``shufflenet bench --cuda-graphs`` runs it.
+  in one CUDA graph (``deploy.bench.cuda_graphed``, the capture ``shufflenet bench --cuda-graphs`` uses).
 - ``decode``: the data pipeline for 224 px training, measured apart from the model: JPEGs of about
-  ImageNet's size (CIFAR-10 val images upscaled to 400x320 and encoded at quality 90, or
-  ``--jpegs DIR``) decoded and RandomResizedCrop-ed to 224, either on the CPU by a DataLoader with
+  ImageNet's size (CIFAR-10 val images upscaled to 400x320 and encoded at quality 90; one size, so
+  the GPU side can batch its crops without padding) decoded and RandomResizedCrop-ed to 224, either on the CPU by a DataLoader with
   ``--workers`` processes (the peer) or on the GPU by nvJPEG (``torchvision.io.decode_jpeg`` with
   ``device="cuda"``, batched) followed by a batched crop-and-resize on the GPU (ours).
 """
@@ -28,6 +28,7 @@ import io
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -116,11 +117,8 @@ def latency_section() -> dict[str, Callable[[], Run]]:
             "ours: optimized, CUDA graph": lambda: build(optimize(our_model()), True)}
 
 
-def sample_jpegs(count: int, jpegs: Path | None) -> list[bytes]:
+def sample_jpegs(count: int) -> list[bytes]:
     """``count`` encoded JPEGs of about ImageNet's size (see the module docstring)."""
-    if jpegs is not None:
-        files = sorted(p for p in jpegs.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[:count]
-        return [p.read_bytes() for p in files]
     val = REPO / "demo" / "cifar10-subset" / "val"
     sources = sorted(val.rglob("*.jpg"))
     blobs = []
@@ -153,13 +151,13 @@ def gpu_random_resized_crop(images: list[torch.Tensor], size: int) -> torch.Tens
         flip = -1.0 if torch.rand(()) < 0.5 else 1.0
         thetas.append([[flip * w / W, 0.0, (2 * left + w) / W - 1], [0.0, h / H, (2 * top + h) / H - 1]])
     theta = torch.tensor(thetas, device="cuda")
-    same_size = torch.stack(images).float()  # the sample JPEGs share one size; mixed sizes need padding
+    same_size = torch.stack(images).float()  # the sample JPEGs share one size
     grid = F.affine_grid(theta, [len(images), 3, size, size], align_corners=False)
     return F.grid_sample(same_size, grid, mode="bilinear", align_corners=False).to(torch.uint8)
 
 
-def decode_section(batch: int, workers: int, jpegs: Path | None) -> dict[str, Callable[[], Run]]:
-    blobs = sample_jpegs(batch * 8, jpegs)
+def decode_section(batch: int, workers: int) -> dict[str, Callable[[], Run]]:
+    blobs = sample_jpegs(batch * 8)
 
     def cpu() -> Run:
         loader = torch.utils.data.DataLoader(CpuJpegs(blobs), batch_size=batch, shuffle=True, num_workers=workers,
@@ -249,10 +247,9 @@ def main() -> int:
     parser.add_argument("--infer-batch", type=int, default=1024)
     parser.add_argument("--decode-batch", type=int, default=256)
     parser.add_argument("--workers", type=int, default=16, help="DataLoader processes of the CPU decode")
-    parser.add_argument("--jpegs", type=Path, help="a folder of real JPEGs for the decode section")
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        print("error: no CUDA device")
+        print("gpu.py: error: no CUDA device", file=sys.stderr)
         return 2
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
@@ -262,7 +259,7 @@ def main() -> int:
         "infer": lambda: (f"inference, 224 px, batch {args.infer_batch}, bf16", infer_section(args.infer_batch), False),
         "latency": lambda: ("latency, batch 1, fp32", latency_section(), True),
         "decode": lambda: (f"JPEG decode + RandomResizedCrop to 224, batch {args.decode_batch}",
-                           decode_section(args.decode_batch, args.workers, args.jpegs), False),
+                           decode_section(args.decode_batch, args.workers), False),
     }
     ratios = []
     for name in args.only.split(","):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from helpers import randomize_bn
 
 from shufflenet import get_model
 from shufflenet.cli import main
@@ -33,11 +34,7 @@ def exact_float32():
 @pytest.mark.parametrize("name", ["shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "shufflenet_v2_plus_small"])
 def test_optimized_model_on_cuda_equals_the_reference(name: str) -> None:
     torch.manual_seed(0)
-    model = get_model(name).eval()
-    for m in model.modules():  # BN statistics away from (0, 1), so folding them is tested
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
+    model = randomize_bn(get_model(name))  # BN away from a fresh init's, so folding it is tested
     x = torch.randn(4, 3, 224, 224, device="cuda")
     with torch.inference_mode():
         reference = model.cuda()(x)
