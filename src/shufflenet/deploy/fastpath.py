@@ -2,14 +2,15 @@
 
 Rewrites (each keeps the outputs equal to the reference model, tested in tests/test_fastpath.py):
 - BatchNorm folded into the convolutions (``fuse_conv_bn``).
-- ShuffleNet V2 (torchvision layout) without channel shuffle: each unit's output is stored with its
-  channels sorted by *when they are consumed* (by the next unit's branch, the one after, ...). The
-  branch input is then a contiguous prefix, the pass-through half a contiguous suffix, and the
-  permutations go into the weights of the convolutions that read them; a unit is Split + Concat,
-  with no reshape/transpose (OpenVINO's ShuffleChannels) left.
+- ShuffleNet V2 (torchvision layout) without channel shuffle: inside a stage, activations travel as
+  *pieces*, channel groups cut by the unit that will read them (the next unit's branch, the one
+  after, ..., or what follows the stage). A unit concatenates the pieces its branch reads, passes
+  the others on untouched, and splits its branch output by reader; the permutations go into the
+  weights of the convolutions that read them. No reshape/transpose (OpenVINO's ShuffleChannels) is
+  left, and the pass-through half is never copied.
 - ShuffleNet V1: the first unit of stage 2 has a dense first 1x1 conv, whose output rows absorb the
   shuffle. The other shuffles sit between two grouped convs and cannot be folded without making
-  one of them dense.
+  one of them dense; at stride 2 they move past the depthwise conv, onto a quarter of the data.
 Runtime: OpenVINO when installed, else ONNX Runtime, each compiled for the static input shape of
 each batch size seen; without either, the rewritten model in PyTorch with channels_last.
 """
@@ -17,6 +18,7 @@ each batch size seen; without either, the rewritten model in PyTorch with channe
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -24,7 +26,7 @@ import onnx
 import torch
 from torch import nn
 
-from ..models.layers import channel_shuffle
+from ..models.layers import ChannelShuffle, channel_shuffle
 from ..models.v1 import ShuffleNetV1
 from ..models.v2 import ShuffleNetV2, ShuffleUnitV2, consumption_times, convert_routing
 from .fuse import fuse_conv_bn
@@ -43,74 +45,85 @@ def permute_outputs(conv: nn.Conv2d, order: Sequence[int]) -> None:
 
 
 # -- ShuffleNet V2 without shuffle -----------------------------------------------------------------
-class SortedUnitV2(nn.Module):
-    """A V2 unit whose input and output channels are stored in consumption order.
+Piece = tuple[list[int], int]  # logical channels in storage order, index of the unit that reads them
 
-    The output is a Concat of pieces taken alternately from two sources, the first (``first``:
-    the projection branch, or the passed-through channels) and the main branch; ``first_sizes``
-    and ``main_sizes`` split the sources, ``pieces`` lists (source, index) in output order.
-    """
 
-    def __init__(self, unit: ShuffleUnitV2, consumed: int, first_sizes, main_sizes, pieces) -> None:
+def split(x: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """``x`` cut along channels; no Split op for a single piece (it would still copy)."""
+    return [x] if len(sizes) == 1 else list(x.split(sizes, 1))
+
+
+class PiecewiseUnitV2(nn.Module):
+    """A V2 unit that reads and writes its stage's activations as pieces: channel groups, each read
+    by one later unit (or by what follows the stage). The branch reads the concat of the pieces
+    ``take``; the pass-through pieces ``keep`` go on untouched (no copy); the branch outputs (and
+    the projection's, at stride 2) are split by the unit that will read them."""
+
+    def __init__(self, unit: ShuffleUnitV2, take: list[int], keep: list[int], first_sizes, main_sizes) -> None:
         super().__init__()
-        self.stride, self.consumed = unit.stride, consumed
         self.branch_proj = getattr(unit, "branch_proj", None)
         self.branch_main = unit.branch_main
-        self.sizes = (list(first_sizes), list(main_sizes))
-        self.pieces = list(pieces)
+        self.take, self.keep = take, keep
+        self.first_sizes, self.main_sizes = list(first_sizes), list(main_sizes)
+
+    def forward(self, pieces: list[torch.Tensor]) -> list[torch.Tensor]:
+        taken = [pieces[i] for i in self.take]
+        x = taken[0] if len(taken) == 1 else torch.cat(taken, 1)
+        if self.branch_proj is not None:
+            first = split(self.branch_proj(x), self.first_sizes)
+        else:
+            first = [pieces[i] for i in self.keep]
+        return [*first, *split(self.branch_main(x), self.main_sizes)]
+
+
+class PiecewiseStageV2(nn.Module):
+    """A stage of ``PiecewiseUnitV2``: one tensor in, the concat of the last unit's pieces out."""
+
+    def __init__(self, units: list[PiecewiseUnitV2]) -> None:
+        super().__init__()
+        self.units = nn.ModuleList(units)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride == 2:
-            sources = (self.branch_proj(x), self.branch_main(x))
-        else:
-            sources = (x[:, self.consumed :], self.branch_main(x[:, : self.consumed]))
-        if len(self.pieces) == 2:  # one group: a plain concat
-            return torch.cat(sources, 1)
-        parts = [s.split(sizes, 1) for s, sizes in zip(sources, self.sizes)]
-        return torch.cat([parts[source][index] for source, index in self.pieces], 1)
+        pieces = [x]
+        for unit in self.units:
+            pieces = unit(pieces)
+        return torch.cat(pieces, 1)
 
 
-def group_sizes(times: Sequence[int]) -> list[int]:
-    """Sizes of the runs of equal values in sorted ``times``."""
-    values = sorted(set(times))
-    return [sum(t == v for t in times) for v in values]
+def by_reader(channels: list[int], reader: Callable[[int], int]) -> list[Piece]:
+    """``channels`` cut into one piece per reading unit, in reading order."""
+    ordered = sorted(channels, key=reader)
+    return [(list(group), time) for time, group in itertools.groupby(ordered, key=reader)]
 
 
-def sort_unit(unit: ShuffleUnitV2, stored: list[int], times: list[int]) -> tuple[SortedUnitV2, list[int]]:
-    """Rewrite ``unit`` for inputs stored as ``stored`` (storage j holds logical channel stored[j])
-    so that its output is sorted by ``times``; return it and the output's storage order.
+def piecewise_unit(unit: ShuffleUnitV2, u: int, pieces: list[Piece], times: list[int]) -> tuple[PiecewiseUnitV2, list[Piece]]:
+    """Rewrite unit ``u`` of a stage for its input ``pieces``; return it and its output pieces.
 
-    The torchvision unit's logical output is ``shuffle(cat(first, main))``: ``first[i]`` is output
-    channel ``2i``, ``main[i]`` is ``2i + 1``.
+    The torchvision unit's logical output is ``shuffle(cat(first, main))``: ``first[i]`` (the
+    pass-through half, or the projection at stride 2) is output channel ``2i``, ``main[i]`` is
+    ``2i + 1``; ``times[c]`` says how many units later output channel ``c`` is read.
     """
     half = len(times) // 2
+    reader = lambda c: u + times[c]  # the unit that reads output channel c
+    take = [i for i, (_, time) in enumerate(pieces) if time == u]
+    keep = [i for i, (_, time) in enumerate(pieces) if time != u]
+    read = [c for i in take for c in pieces[i][0]]  # the branch input, in storage order
     main_conv = unit.branch_main[0].conv
     if unit.stride == 2:
-        permute_outputs(unit.branch_proj[0].conv, stored)  # depthwise: follows its input order
-        permute_inputs(unit.branch_proj[1].conv, stored)
-        permute_inputs(main_conv, stored)
-        first = sorted(range(half), key=lambda i: times[2 * i])  # proj output rows, in storage order
-        permute_outputs(unit.branch_proj[1].conv, first)
-        consumed = len(stored)
+        permute_outputs(unit.branch_proj[0].conv, read)  # depthwise: follows its input order
+        permute_inputs(unit.branch_proj[1].conv, read)
+        permute_inputs(main_conv, read)
+        first = by_reader([2 * i for i in range(half)], reader)
+        permute_outputs(unit.branch_proj[1].conv, [c // 2 for channels, _ in first for c in channels])
     else:
-        consumed = sum(c >= half for c in stored)
-        permute_inputs(main_conv, [c - half for c in stored[:consumed]])
-        first = stored[consumed:]  # passed through in their stored order
-        if [times[2 * i] for i in first] != sorted(times[2 * i] for i in first):
-            raise AssertionError("pass-through channels must already be in consumption order")
-    main = sorted(range(half), key=lambda i: times[2 * i + 1])
-    permute_outputs(unit.branch_main[2].conv, main)
-    first_times, main_times = [times[2 * i] for i in first], [times[2 * i + 1] for i in main]
-    pieces, order = [], []
-    offsets = [0, 0]
-    for value in sorted(set(times)):
-        for source, (indices, source_times) in enumerate(((first, first_times), (main, main_times))):
-            count = source_times.count(value)
-            if count:
-                pieces.append((source, len(set(source_times[: offsets[source]]))))
-                order += [2 * i + source for i in indices[offsets[source] : offsets[source] + count]]
-                offsets[source] += count
-    return SortedUnitV2(unit, consumed, group_sizes(first_times), group_sizes(main_times), pieces), order
+        permute_inputs(main_conv, [c - half for c in read])
+        first = [([2 * c for c in pieces[i][0]], pieces[i][1]) for i in keep]
+        if any(c < half for c in read) or any(reader(c) != time for channels, time in first for c in channels):
+            raise AssertionError("pieces must be read by the unit the routing sends them to")
+    main = by_reader([2 * i + 1 for i in range(half)], reader)
+    permute_outputs(unit.branch_main[2].conv, [c // 2 for channels, _ in main for c in channels])
+    sizes = lambda ps: [len(channels) for channels, _ in ps]
+    return PiecewiseUnitV2(unit, take, keep, sizes(first), sizes(main)), first + main
 
 
 def shuffle_free_v2(model: ShuffleNetV2) -> ShuffleNetV2:
@@ -119,26 +132,43 @@ def shuffle_free_v2(model: ShuffleNetV2) -> ShuffleNetV2:
         raise ValueError("shuffle_free_v2 rewrites the torchvision layout (Megvii's has no shuffle to remove)")
     model = fuse_conv_bn(convert_routing(model, "shuffle"))
     stored = list(range(model.stem.conv.out_channels))
-    for stage in model.stages:
+    for s, stage in enumerate(model.stages):
         channels = stage[0].branch_main[2].conv.out_channels * 2
         times = consumption_times(len(stage), channels, "shuffle")
+        pieces, units = [(stored, 0)], []
         for u, unit in enumerate(stage):
-            stage[u], stored = sort_unit(unit, stored, times[u])
+            rewritten, pieces = piecewise_unit(unit, u, pieces, times[u])
+            units.append(rewritten)
+        model.stages[s] = PiecewiseStageV2(units)
+        stored = [c for channels, _ in pieces for c in channels]
     permute_inputs(model.conv_last.conv, stored)
     return model
 
 
 # -- ShuffleNet V1 -----------------------------------------------------------------------------------
-def fold_v1_dense_shuffle(model: ShuffleNetV1) -> ShuffleNetV1:
-    """BN folded, and the shuffle after every dense (ungrouped) first 1x1 conv folded into its rows."""
+def shuffle_order(channels: int, groups: int) -> list[int]:
+    """``channel_shuffle``'s output channel ``j`` is its input channel ``order[j]``."""
+    index = torch.arange(channels, dtype=torch.float32).view(1, -1, 1, 1)
+    return channel_shuffle(index, groups).flatten().long().tolist()
+
+
+def fold_v1_shuffles(model: ShuffleNetV1) -> ShuffleNetV1:
+    """BN folded; the shuffle after a dense (ungrouped) first 1x1 conv folded into its rows; at
+    stride 2 the shuffle moved past the depthwise conv (whose weights take the inverse order), where
+    it moves a quarter of the data."""
     model = fuse_conv_bn(model)
     for stage in model.stages:
         for unit in stage:
-            conv = unit.compress.conv
-            if conv.groups == 1 and unit.shuffle_groups > 1:
-                index = torch.arange(conv.out_channels, dtype=torch.float32).view(1, -1, 1, 1)
-                permute_outputs(conv, channel_shuffle(index, unit.shuffle_groups).flatten().long().tolist())
-                unit.shuffle_groups = 1
+            conv, groups = unit.compress.conv, unit.shuffle_groups
+            if groups == 1 or (conv.groups > 1 and unit.stride == 1):
+                continue
+            order = shuffle_order(conv.out_channels, groups)
+            if conv.groups == 1:
+                permute_outputs(conv, order)
+            else:
+                permute_outputs(unit.depthwise.conv, sorted(range(len(order)), key=order.__getitem__))
+                unit.depthwise.append(ChannelShuffle(groups))
+            unit.shuffle_groups = 1
     return model
 
 
@@ -147,7 +177,7 @@ def optimize(model: nn.Module) -> nn.Module:
     if isinstance(model, ShuffleNetV2) and model.layout == "torchvision":
         optimized = shuffle_free_v2(model)
     elif isinstance(model, ShuffleNetV1):
-        optimized = fold_v1_dense_shuffle(model)
+        optimized = fold_v1_shuffles(model)
     else:
         optimized = fuse_conv_bn(model)
     return optimized.eval()

@@ -20,6 +20,17 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.transpose(1, 2).reshape(-1, channels, height, width)
 
 
+class ChannelShuffle(nn.Module):
+    """``channel_shuffle`` as a module, for graph rewrites that insert one."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return channel_shuffle(x, self.groups)
+
+
 class ConvBNAct(nn.Sequential):
     """Conv2d (no bias) + BatchNorm2d + optional activation; children are ``conv``, ``bn``, ``act``."""
 
