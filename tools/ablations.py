@@ -4,6 +4,7 @@
     python tools/ablations.py --data /path/to/cifar10 --runs-dir runs/ablations --report # tables only
     python tools/ablations.py --data ... --per-class 1000 --epochs 15                     # a 10,000-image scale
     python tools/ablations.py --data ... --models '*x0_5*'                                 # only the 0.5x variants
+    python tools/ablations.py --data ... --set data.num_workers=6 --set train.device=cuda  # on a GPU machine
 
 On two CPU cores the full grid (10 models, 3 seeds, 30 epochs of 50,000 images) takes days, so
 ``--per-class`` trains on the first N images of each class (``data.train_per_class``); the report
@@ -116,7 +117,7 @@ def train_missing(args: argparse.Namespace) -> None:
                 continue
             overrides = [f"model.name={variant.model}", f"train.seed={seed}", f"data.root={args.data}",
                          f"schedule.epochs={args.epochs}", f"model.kwargs={json.dumps(dict(variant.options))}",
-                         f"data.train_per_class={args.per_class if args.per_class else 'null'}"]
+                         f"data.train_per_class={args.per_class if args.per_class else 'null'}", *args.set]
             print(f"== {variant.name} seed {seed} -> {work}", flush=True)
             train(load_config(RECIPE, overrides), work, resume=True)
 
@@ -191,6 +192,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--per-class", type=int, help="train on the first N images of each class (default: all)")
     parser.add_argument("--models", default="*", help="train only the variants whose slug matches this glob, e.g. '*x0_5*'")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other recipe key for every run, e.g. --set data.num_workers=6 (repeatable)")
     parser.add_argument("--report", action="store_true", help="only write the tables from finished runs")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results.md")
     args = parser.parse_args()
