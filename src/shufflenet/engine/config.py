@@ -25,7 +25,7 @@ class ModelConfig:
     name: str = "shufflenet_v2_x1_0"
     num_classes: int = 1000
     small_input: bool = False  # stem without down-sampling, for 32 px images
-    pretrained: str | None = None  # checkpoint path or tag; the classifier is re-initialised
+    pretrained: str | None = None  # checkpoint path or tag; the classifier is re-initialised if the class count differs
     kwargs: dict = field(default_factory=dict)  # other architecture options: layout, dropout, norm_eval...
 
 
