@@ -218,31 +218,33 @@ def last_line(stderr: str) -> str:
     return [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()][-1]
 
 
-def test_sigterm_saves_a_checkpoint_then_resume_finishes_the_run(tiny, tmp_path: Path, capsys) -> None:
-    """SIGTERM mid-epoch: exit status 143 (128 + SIGTERM, as the shell reports a killed job), a
-    checkpoint at the step where it stopped, one line of message, and --resume ends where an
-    uninterrupted run ends."""
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_saves_a_checkpoint_then_resume_finishes_the_run(tiny, tmp_path: Path, capsys, stop) -> None:
+    """SIGTERM or Ctrl-C mid-epoch: exit status 128 + the signal number (as the shell reports a
+    killed job), a checkpoint at the step where it stopped, one line of message, and --resume ends
+    where an uninterrupted run ends. The signal goes to the whole process group, as a terminal's
+    Ctrl-C (or Slurm's SIGTERM) does: loader workers must not die before the checkpoint is saved."""
     config, data = tiny
-    args = ["train", config, "--data", data, "--epochs", 3]
+    args = ["train", config, "--data", data, "--epochs", 3, "--set", "data.num_workers=1"]
     assert cli(*args, "--work-dir", tmp_path / "reference") == 0
 
     work = tmp_path / "stopped"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-m", "shufflenet", *map(str, args), "--work-dir", work], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     checkpoint = work / "checkpoints" / "last.pt"  # first written at the end of epoch 1 (4 steps)
     deadline = time.time() + 90
     while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
+    os.killpg(process.pid, stop)
     stderr = process.communicate(timeout=60)[1]
-    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert process.returncode == 128 + stop, stderr
     assert not (work / "model.safetensors").exists(), "the run finished before the signal"
     position = torch.load(checkpoint, weights_only=True)["position"]
     assert position["step_in_epoch"] > 0, "no checkpoint at the interruption point (only the epoch-end one)"
     assert "Traceback" not in stderr
     assert last_line(stderr) == (
-        f"shufflenet train: error: stopped by SIGTERM; checkpoint saved at epoch {position['epoch'] + 1}, "
+        f"shufflenet train: error: stopped by {stop.name}; checkpoint saved at epoch {position['epoch'] + 1}, "
         f"step {position['global_step']} in {checkpoint} (continue with --resume)")
 
     capsys.readouterr()

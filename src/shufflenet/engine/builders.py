@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 from pathlib import Path
 
 import torch
@@ -73,7 +74,16 @@ def _loader(dataset, batch_size: int, sampler, workers: int, drop_last: bool) ->
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
+        worker_init_fn=leave_stop_signals_to_the_main_process,
     )
+
+
+def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """A terminal's Ctrl-C, ``kill -- -PGID`` and Slurm's SIGTERM reach every process of the group.
+    A worker killed by one would crash the main process before it saves its checkpoint; ignoring
+    them, the workers keep feeding it until it has saved and shuts them down."""
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.SIG_IGN)
 
 
 def normalizer(prep: Preprocessing, device: torch.device) -> nn.Module:
