@@ -253,6 +253,19 @@ def test_a_stop_signal_saves_a_checkpoint_then_resume_finishes_the_run(tiny, tmp
     assert_same_weights(final_weights(tmp_path / "reference"), final_weights(work), atol=1e-6)
 
 
+def test_resume_does_not_read_the_pretrained_weights_again(tiny, tmp_path: Path) -> None:
+    """A fine-tune resumes from its checkpoint even when the weights it started from are gone."""
+    config, data = tiny
+    args = ["train", config, "--data", data]
+    assert cli(*args, "--epochs", 1, "--work-dir", tmp_path / "base") == 0
+    start = tmp_path / "base" / "model.safetensors"
+    tune = [*args, "--pretrained", start, "--work-dir", tmp_path / "tune"]
+    assert cli(*tune, "--epochs", 1) == 0
+    start.unlink()
+    assert cli(*tune, "--epochs", 2, "--resume") == 0
+    assert len((tmp_path / "tune" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
 def test_divergence_stops_and_keeps_the_last_finite_checkpoint(tiny, tmp_path: Path, capsys) -> None:
     """lr 1e4 with a checkpoint every step: within a few steps the weights and BN statistics overflow
     (sometimes while that step's loss, computed before the update, is still finite). The run stops

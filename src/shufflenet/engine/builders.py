@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 from pathlib import Path
@@ -104,10 +105,12 @@ def batch_mixer(data: DataConfig, num_classes: int) -> v2.Transform | None:
 
 
 # -- model ---------------------------------------------------------------------------------------
-def build_training_model(config: Config, class_names: list[str] | None = None) -> nn.Module:
+def build_training_model(config: Config, class_names: list[str] | None = None, from_checkpoint: bool = False) -> nn.Module:
     """The model as training runs it: ``build_model``, then ShuffleNet V2 (torchvision layout) moved
-    to its even/odd routing when ``train.even_odd_routing`` asks (the same function, no shuffle)."""
-    net = build_model(config.model, class_names)
+    to its even/odd routing when ``train.even_odd_routing`` asks (the same function, no shuffle).
+    ``from_checkpoint``: a checkpoint holding every weight is loaded next, so ``model.pretrained``
+    is not read (the run may have outlived that file)."""
+    net = build_model(dataclasses.replace(config.model, pretrained=None) if from_checkpoint else config.model, class_names)
     return routed(net, "even_odd") if config.train.even_odd_routing else net
 
 

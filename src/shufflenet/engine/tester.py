@@ -70,7 +70,7 @@ def load_model(checkpoint: Path, source: str, config: Config | None) -> tuple[nn
     state = _training_state(checkpoint) if checkpoint.suffix in (".pt", ".pth") else None
     if state is not None:
         config = config or from_dict(state["config"])
-        model = builders.build_training_model(_without_pretrained(config), state.get("class_names"))
+        model = builders.build_training_model(config, state.get("class_names"), from_checkpoint=True)
         model.load_state_dict(state["model"])
         model.preprocessing = builders.preprocessing(config.data)
         return model.eval(), config
@@ -92,11 +92,6 @@ def _training_state(path: Path) -> dict | None:
         return load_training_state(path)
     except UserError:  # not ours: the weights loader says what it is
         return None
-
-
-def _without_pretrained(config: Config) -> Config:
-    config.model.pretrained = None  # the checkpoint holds every weight
-    return config
 
 
 def _data_path(data: str | None, config: Config | None) -> Path:

@@ -84,7 +84,8 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
     mixer = builders.batch_mixer(config.data, config.model.num_classes)
     report_corrupt = CorruptReporter(config.data.strict, runtime)
 
-    model = builders.build_training_model(config, train_set.classes)
+    resume_path = _resume_path(resume, checkpoints)
+    model = builders.build_training_model(config, train_set.classes, from_checkpoint=resume_path is not None)
     model.preprocessing = prep
     if tc.sync_bn and runtime.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -99,7 +100,6 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
     loss_fn = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
 
     position, history, best_top1 = Position(), [], -1.0
-    resume_path = _resume_path(resume, checkpoints)
     if resume_path is not None:
         state = load_training_state(resume_path)
         _check_same_model(state, config, resume_path)
