@@ -26,7 +26,7 @@ import onnx
 import torch
 from torch import nn
 
-from ..models.layers import ChannelShuffle, channel_shuffle
+from ..models.layers import ChannelShuffle, shuffle_order
 from ..models.v1 import ShuffleNetV1
 from ..models.v2 import ShuffleNetV2, ShuffleUnitV2, consumption_times, convert_routing
 from .fuse import fuse_conv_bn
@@ -146,12 +146,6 @@ def shuffle_free_v2(model: ShuffleNetV2) -> ShuffleNetV2:
 
 
 # -- ShuffleNet V1 -----------------------------------------------------------------------------------
-def shuffle_order(channels: int, groups: int) -> list[int]:
-    """``channel_shuffle``'s output channel ``j`` is its input channel ``order[j]``."""
-    index = torch.arange(channels, dtype=torch.float32).view(1, -1, 1, 1)
-    return channel_shuffle(index, groups).flatten().long().tolist()
-
-
 def fold_v1_shuffles(model: ShuffleNetV1) -> ShuffleNetV1:
     """BN folded; the shuffle after a dense (ungrouped) first 1x1 conv folded into its rows; at
     stride 2 the shuffle moved past the depthwise conv (whose weights take the inverse order), where

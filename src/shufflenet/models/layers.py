@@ -20,6 +20,11 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.transpose(1, 2).reshape(-1, channels, height, width)
 
 
+def shuffle_order(channels: int, groups: int) -> list[int]:
+    """``channel_shuffle``'s output channel ``j`` is its input channel ``order[j]``."""
+    return channel_shuffle(torch.arange(channels).view(1, channels, 1, 1), groups).flatten().tolist()
+
+
 class ChannelShuffle(nn.Module):
     """``channel_shuffle`` as a module, for graph rewrites that insert one."""
 

@@ -111,7 +111,7 @@ def move_shuffle_before_depthwise(model: nn.Module, state: dict[str, torch.Tenso
         if getattr(unit, "shuffle_groups", 1) <= 1 or not hasattr(unit, "depthwise"):
             continue
         mid = unit.depthwise.conv.out_channels
-        perm = layers.channel_shuffle(torch.arange(mid).view(1, mid, 1, 1), unit.shuffle_groups).flatten()
+        perm = layers.shuffle_order(mid, unit.shuffle_groups)
         for key in ("conv.weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"):
             full = f"{name}.depthwise.{key}"
             state[full] = state[full][perm]
