@@ -253,6 +253,19 @@ def test_a_stop_signal_saves_a_checkpoint_then_resume_finishes_the_run(tiny, tmp
     assert_same_weights(final_weights(tmp_path / "reference"), final_weights(work), atol=1e-6)
 
 
+def test_an_uncaught_error_in_the_python_api_exits_instead_of_hanging(tiny, tmp_path: Path) -> None:
+    """An uncaught exception keeps the loop's frames, and with them the persistent loader workers,
+    alive until Python's exit, which ends them with SIGTERM. Workers that ignored every SIGTERM made
+    that exit wait for them forever; they must obey the one from their own main process."""
+    config, data = tiny
+    script = ("import sys; from shufflenet.engine import load_config, train; "
+              "train(load_config(sys.argv[1], ['data.root=' + sys.argv[2], 'data.num_workers=2', 'optim.lr=1e9', "
+              "'train.log_every_steps=1']), sys.argv[3])")
+    result = run_subprocess(["-c", script, config, data, tmp_path / "run"])  # a hang fails with TimeoutExpired
+    assert result.returncode == 1
+    assert last_line(result.stderr).startswith("shufflenet.engine.trainer.TrainingDiverged: the loss became")
+
+
 def test_resume_does_not_read_the_pretrained_weights_again(tiny, tmp_path: Path) -> None:
     """A fine-tune resumes from its checkpoint even when the weights it started from are gone."""
     config, data = tiny

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import signal
+import threading
 from pathlib import Path
 
 import torch
@@ -81,10 +83,22 @@ def _loader(dataset, batch_size: int, sampler, workers: int, drop_last: bool) ->
 
 def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
     """A terminal's Ctrl-C, ``kill -- -PGID`` and Slurm's SIGTERM reach every process of the group.
-    A worker killed by one would crash the main process before it saves its checkpoint; ignoring
-    them, the workers keep feeding it until it has saved and shuts them down."""
-    for stop in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(stop, signal.SIG_IGN)
+    A worker killed by one would crash the main process before it saves its checkpoint, so workers
+    ignore Ctrl-C, and SIGTERM from anyone but their main process. The main process's own SIGTERM is
+    how Python's exit ends workers that an uncaught exception kept alive: on it a worker exits quietly
+    (status 0), as PyTorch's own worker handler does, or that exit hangs."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # no sender to tell apart (macOS, Windows): keep PyTorch's handler
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # delivered to the thread below instead
+
+    def exit_on_the_main_process_sigterm() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+            pass
+        os._exit(0)
+
+    threading.Thread(target=exit_on_the_main_process_sigterm, daemon=True).start()
 
 
 def normalizer(prep: Preprocessing, device: torch.device) -> nn.Module:
