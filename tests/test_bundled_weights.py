@@ -63,7 +63,8 @@ def write_run(run_dir, model, summary: dict) -> None:
 
 @pytest.fixture
 def run_dir(tmp_path, reference):
-    write_run(tmp_path / "run", reference, {"epochs": 3, "best_top1": 41.0, "epoch": 3, "val_top1": 40.5, "val_top5": 88.25})
+    write_run(tmp_path / "run", reference, {"epochs": 3, "best_top1": 41.0, "epoch": 3, "val_top1": 40.5, "val_top5": 88.25,
+                                                  "final_top1": 40.5, "final_top5": 88.25})
     return tmp_path / "run"
 
 
@@ -148,9 +149,13 @@ def test_bundling_refuses_unfinished_runs_and_overwrites(run_dir, bundled, refer
     (run_dir / "summary.json").unlink()
     with pytest.raises(UserError, match="not a finished training run: it has no summary.json"):
         hub.bundle_run(run_dir, "cifar10", COMMAND, force=True)
-    write_run(tmp_path / "ema_run", reference, {"epochs": 3, "val_top1": 40.5, "val_top5": 88.25, "ema_top1": 42.0})
-    with pytest.raises(UserError, match="EMA weights.*--data"):
-        hub.bundle_run(tmp_path / "ema_run", "cifar10_ema", COMMAND)
+    ema = {"epochs": 3, "val_top1": 40.5, "val_top5": 88.25, "ema_top1": 42.0, "ema_top5": 90.0, "final_top1": 42.0, "final_top5": 90.0}
+    write_run(tmp_path / "ema_run", reference, ema)  # model.safetensors holds the EMA: its accuracy, not the raw weights'
+    tag = hub.bundle_run(tmp_path / "ema_run", "cifar10_ema", COMMAND)
+    assert (tag.top1, tag.top5) == (42.0, 90.0)
+    write_run(tmp_path / "old_run", reference, {"epochs": 3, "val_top1": 40.5, "val_top5": 88.25, "ema_top1": 42.0})
+    with pytest.raises(UserError, match="no accuracy of the saved weights; re-evaluate with --data DIR"):
+        hub.bundle_run(tmp_path / "old_run", "cifar10_old", COMMAND)
 
 
 def test_broken_files_are_skipped_with_a_warning(bundled, reference, caplog, capsys):

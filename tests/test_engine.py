@@ -141,27 +141,62 @@ def test_corrupt_image_is_skipped_and_counted_or_fatal_with_strict(tiny, tmp_pat
 
 
 def test_short_run_beats_chance_and_test_command_agrees(tmp_path: Path, capsys) -> None:
-    """Airplane vs frog (chance 50%): a few epochs on 200 images reach well above it."""
+    """Airplane vs frog (chance 50%): a few epochs on 200 images reach well above it, and so does the
+    EMA of the weights (48 steps at decay 0.9998: only its warm-up makes it forget the initial
+    weights), which is what ``model.safetensors`` holds and ``shufflenet test`` measures again."""
     data = make_folder(tmp_path / "data", ("airplane", "frog"), 100, 50)
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY)
     work = tmp_path / "run"
     code = cli("train", config, "--data", data, "--epochs", 4, "--batch-size", 16, "--work-dir", work,
-               "--set", "train.log_every_steps=5", "--set", "optim.lr=0.0125")
+               "--set", "train.log_every_steps=5", "--set", "optim.lr=0.0125", "--set", "train.ema_decay=0.9998")
     assert code == 0
     history = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in history] == [1, 2, 3, 4]
-    assert history[-1]["val_top1"] >= 75.0, history
+    assert history[-1]["val_top1"] >= 75.0 and history[-1]["ema_top1"] >= 75.0, history
+    summary = json.loads((work / "summary.json").read_text())
+    assert (summary["final_top1"], summary["final_top5"]) == (history[-1]["ema_top1"], history[-1]["ema_top5"])
+    assert f"done: top-1 {summary['final_top1']:.2f}%" in capsys.readouterr().out
     for name in ("curves.png", "model.safetensors", "checkpoints/last.pt", "checkpoints/best.pt", "config.yaml"):
         assert (work / name).is_file(), name
-    capsys.readouterr()
 
     assert cli("test", config, work / "model.safetensors", "--data", data, "--json", "--out", tmp_path) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["top1"] == pytest.approx(history[-1]["val_top1"])  # same weights, same val set
+    assert result["top1"] == pytest.approx(summary["final_top1"])  # same weights, same val set
     assert result["top5"] == 100.0 and result["images"] == 100
     assert len(result["per_class"]) == 2 and result["class_names"] == ["airplane", "frog"]
     assert (tmp_path / "confusion.png").stat().st_size > 1000
+
+
+def test_the_ema_warms_up_as_tensorflows_num_updates_so_a_short_run_forgets_its_initial_weights() -> None:
+    """TensorFlow's ExponentialMovingAverage(decay, num_updates=n): shadow = d * shadow + (1 - d) * w
+    with d = min(decay, (1 + n) / (10 + n)). Weights that start at 0 and are 1 after the first step:
+    the average must follow that reference and, after 3,900 steps (10 CIFAR epochs), be ~1; without
+    the warm-up the initial 0 still holds 0.9998 ** 3899 = 46% of it."""
+    from torch import nn
+
+    from shufflenet.engine.builders import build_ema
+    from shufflenet.engine.config import TrainConfig
+
+    steps, decay = 3900, 0.9998
+    averages = {}
+    for warmup in (True, False):
+        model = nn.Sequential(nn.Linear(1, 1, bias=False), nn.BatchNorm1d(1))  # BN: an integer buffer too
+        model[0].weight.data.zero_()
+        ema = build_ema(model, TrainConfig(ema_decay=decay, ema_warmup=warmup))
+        shadow = 0.0
+        for n in range(steps):
+            ema.update_parameters(model)
+            if n > 0:
+                d = min(decay, (1 + n) / (10 + n)) if warmup else decay
+                shadow = d * shadow + (1 - d) * 1.0
+            if n in (1, 10, 100, steps - 1):
+                assert ema.module[0].weight.item() == pytest.approx(shadow, abs=1e-5), (warmup, n)
+            model[0].weight.data.fill_(1.0)
+        averages[warmup] = ema.module[0].weight.item()
+    assert averages[True] > 0.999
+    assert averages[False] == pytest.approx(1 - decay ** (steps - 1), abs=1e-4)
+    assert build_ema(model, TrainConfig(ema_decay=None)) is None
 
 
 # -- long runs: kill and resume; several processes -------------------------------------------------

@@ -74,8 +74,8 @@ def run_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, [*args.overrides, *flag_overrides(args)])
     work_dir = Path(args.work_dir or Path("runs") / Path(args.config).stem)
     summary = train(config, work_dir, resume=args.resume)
-    if summary.get("val_top1") is not None:
-        print(f"done: top-1 {summary['val_top1']:.2f}%  top-5 {summary['val_top5']:.2f}%  (best {summary['best_top1']:.2f}%)"
+    if summary.get("final_top1") is not None:
+        print(f"done: top-1 {summary['final_top1']:.2f}%  top-5 {summary['final_top5']:.2f}%  (best {summary['best_top1']:.2f}%)"
               f"  weights: {work_dir / 'model.safetensors'}")
     return 0
 

@@ -102,6 +102,7 @@ class TrainConfig:
     compile: bool = False
     sync_bn: bool = False
     ema_decay: float | None = None  # e.g. 0.9998 per optimizer step; None: no EMA
+    ema_warmup: bool = True  # decay min(ema_decay, (1+n)/(10+n)) at update n, so short runs get a usable average
     bn_recalibration_batches: int = 0  # Megvii: a final pass re-estimating BN statistics
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:1...

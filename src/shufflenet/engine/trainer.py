@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from ..errors import UserError
@@ -96,7 +95,7 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
     optimizer = builders.build_optimizer(model, config.optim, global_batch)
     scheduler = builders.build_scheduler(optimizer, config.schedule, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=tc.amp == "fp16")
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True) if tc.ema_decay else None
+    ema = builders.build_ema(model, tc)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
 
     position, history, best_top1 = Position(), [], -1.0
@@ -230,7 +229,8 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
             val = evaluate(model, val_loader, config.model.num_classes, normalize, runtime, tc.amp, tc.channels_last, report_corrupt)
             row.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
             if ema is not None:
-                row["ema_top1"] = evaluate(ema.module, val_loader, config.model.num_classes, normalize, runtime, tc.amp, tc.channels_last)["top1"]
+                ema_val = evaluate(ema.module, val_loader, config.model.num_classes, normalize, runtime, tc.amp, tc.channels_last)
+                row.update(ema_top1=ema_val["top1"], ema_top5=ema_val["top5"])
         row["time_s"] = round(time.perf_counter() - start, 2)
         history.append(row)
         metrics_log.write(history)
@@ -244,12 +244,14 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
                 copy_atomic(checkpoints / "last.pt", checkpoints / "best.pt")
 
     # ---- finish: BN recalibration, final weights, curves ------------------------------------
-    final = ema.module if ema is not None else model
+    final, scored_as = (ema.module, "ema") if ema is not None else (model, "val")
     summary = {"epochs": config.schedule.epochs, "best_top1": best_top1, **(history[-1] if history else {})}
+    if f"{scored_as}_top1" in summary:  # final_*: the accuracy of the weights saved in model.safetensors
+        summary.update(final_top1=summary[f"{scored_as}_top1"], final_top5=summary[f"{scored_as}_top5"])
     if tc.bn_recalibration_batches:
         recalibrate_bn(final, train_loader, normalize, device, tc.bn_recalibration_batches, tc.channels_last)
         val = evaluate(final, val_loader, config.model.num_classes, normalize, runtime, tc.amp, tc.channels_last)
-        summary.update(recalibrated_top1=val["top1"], recalibrated_top5=val["top5"])
+        summary.update(recalibrated_top1=val["top1"], recalibrated_top5=val["top5"], final_top1=val["top1"], final_top5=val["top5"])
         _say(runtime, f"after BN recalibration: top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}")
     if runtime.is_main:
         save_weights(builders.routed(final, "shuffle"), work_dir / "model.safetensors", {"best_top1": best_top1, "epochs": config.schedule.epochs})

@@ -353,14 +353,11 @@ def bundle_run(
 
 
 def final_accuracy(summary: dict) -> tuple[float, float]:
-    """(top-1, top-5) of the weights a run saved in ``model.safetensors``, from its ``summary.json``."""
-    if "recalibrated_top1" in summary:  # the saved weights are the BN-recalibrated ones
-        return summary["recalibrated_top1"], summary["recalibrated_top5"]
-    if "ema_top1" in summary:
-        raise UserError("the run saved its EMA weights, whose top-5 summary.json lacks; re-evaluate with --data DIR")
-    if "val_top1" not in summary:
-        raise UserError("summary.json holds no final validation accuracy; re-evaluate with --data DIR")
-    return summary["val_top1"], summary["val_top5"]
+    """(top-1, top-5) of the weights a run saved in ``model.safetensors`` (the last epoch's weights,
+    their EMA or their BN-recalibrated copy), from its ``summary.json``."""
+    if "final_top1" not in summary:  # runs by older versions did not record it
+        raise UserError("summary.json holds no accuracy of the saved weights; re-evaluate with --data DIR")
+    return summary["final_top1"], summary["final_top5"]
 
 
 def evaluated_accuracy(config: Path, weights: Path, data: str) -> tuple[float, float]:
