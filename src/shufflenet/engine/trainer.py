@@ -246,7 +246,7 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
     # ---- finish: BN recalibration, final weights, curves ------------------------------------
     final, scored_as = (ema.module, "ema") if ema is not None else (model, "val")
     summary = {"epochs": config.schedule.epochs, "best_top1": best_top1, **(history[-1] if history else {})}
-    if f"{scored_as}_top1" in summary:  # final_*: the accuracy of the weights saved in model.safetensors
+    if f"{scored_as}_top5" in summary:  # final_*: the accuracy of the weights in model.safetensors (older runs lack EMA top-5)
         summary.update(final_top1=summary[f"{scored_as}_top1"], final_top5=summary[f"{scored_as}_top5"])
     if tc.bn_recalibration_batches:
         recalibrate_bn(final, train_loader, normalize, device, tc.bn_recalibration_batches, tc.channels_last)
