@@ -129,14 +129,13 @@ def build_ema(model: nn.Module, train: TrainConfig) -> AveragedModel | None:
     would end with, and save, an average that reads chance."""
     if not train.ema_decay:
         return None
-    if not train.ema_warmup:
-        return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train.ema_decay), use_buffers=True)
 
-    def warmed_up_ema(averaged, current, n_averaged: torch.Tensor) -> None:
+    def update(averaged, current, n_averaged: torch.Tensor) -> None:
         n = n_averaged.item()  # AveragedModel has already synced on it this step (its n == 0 test)
-        get_ema_multi_avg_fn(min(train.ema_decay, (1 + n) / (10 + n)))(averaged, current, n_averaged)
+        decay = min(train.ema_decay, (1 + n) / (10 + n)) if train.ema_warmup else train.ema_decay
+        get_ema_multi_avg_fn(decay)(averaged, current, n_averaged)
 
-    return AveragedModel(model, multi_avg_fn=warmed_up_ema, use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
 # -- model ---------------------------------------------------------------------------------------
