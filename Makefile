@@ -26,6 +26,7 @@ demo: install
 	$(BIN)/shufflenet demo
 
 test: install-dev
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 clean:

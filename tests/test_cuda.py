@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from helpers import randomize_bn
 
+from helpers import randomize_bn
 from shufflenet import get_model
 from shufflenet.cli import main
 from shufflenet.deploy.bench import benchmark, cuda_graphed

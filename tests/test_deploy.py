@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import randomised
 from shufflenet import get_model
 from shufflenet.cli import main
 from shufflenet.data.preprocess import CIFAR10
@@ -19,8 +20,6 @@ from shufflenet.deploy.bench import benchmark
 from shufflenet.deploy.export import export_torchscript
 from shufflenet.errors import UserError
 from shufflenet.weights import save_checkpoint
-
-from helpers import randomised
 
 SIZE = 64  # small inputs keep export and inference fast; the graph is the same at 224
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import randomised
 from shufflenet.deploy import load_runtime, to_onnx
 from shufflenet.deploy.fastpath import optimize, static_onnxruntime
 from shufflenet.inference import inference_model
-
-from helpers import randomised
 
 SIZE = 64
 

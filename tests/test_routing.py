@@ -3,8 +3,8 @@
 
 import pytest
 import torch
-from helpers import randomised
 
+from helpers import randomised
 from shufflenet import get_model
 from shufflenet.models.v2 import convert_routing
 from shufflenet.weights import load_checkpoint, save_checkpoint

@@ -22,13 +22,12 @@ import torch.nn.functional as F
 import torchvision
 
 import shufflenet
+from helpers import randomize_bn
 from shufflenet.cli import main as cli_main
 from shufflenet.data.preprocess import IMAGENET, IMAGENET_RESIZE_232, MEGVII
 from shufflenet.errors import UserError
 from shufflenet.weights import hub, load_checkpoint, load_model, save_checkpoint
 from shufflenet.weights.mindspore_ckpt import read_checkpoint, write_checkpoint
-
-from helpers import randomize_bn
 
 TOL = 1e-4
 

@@ -13,4 +13,4 @@ from .models import channel_shuffle, get_model, list_models
 
 __version__ = "0.1.0"
 
-__all__ = ["Complexity", "UserError", "channel_shuffle", "complexity", "get_model", "inference_model", "list_models", "__version__"]
+__all__ = ["Complexity", "UserError", "__version__", "channel_shuffle", "complexity", "get_model", "inference_model", "list_models"]

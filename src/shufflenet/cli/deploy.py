@@ -267,10 +267,11 @@ def run_bench(args: argparse.Namespace) -> int:
             print(json.dumps(row))
         return 0
     headers = ["model", "backend", "device", "batch", "median ms", "p90 ms", "img/s"]
-    table = [[r["model"], r["backend"], r["device"], r["batch_size"], r["median_ms"], r["p90_ms"], f"{r['images_per_s']:.1f}"] for r in rows]
+    table = [[r["model"], r["backend"], r["device"], r["batch_size"], r["median_ms"], r["p90_ms"], f"{r['images_per_s']:.1f}"]
+             for r in rows]
     if args.vs:
         headers.append(f"speed-up vs {args.vs}")
-        table = [t + [f"{r['speedup']:.1f}x" if "speedup" in r else None] for t, r in zip(table, rows)]
+        table = [[*t, f"{r['speedup']:.1f}x" if "speedup" in r else None] for t, r in zip(table, rows)]
     print(format_table(headers, table))
     return 0
 

@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--work-dir", help="output folder (default runs/<config name>)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
                    help="continue from CKPT, or from WORK_DIR/checkpoints/last.pt when given alone (fresh start if none)")
-    p.add_argument("--pretrained", metavar="PATH|TAG", help="start from these weights (the classifier is re-initialised when model.num_classes differs from theirs)")
+    p.add_argument("--pretrained", metavar="PATH|TAG",
+                   help="start from these weights (the classifier is re-initialised when model.num_classes differs from theirs)")
     p.add_argument("--num-classes", type=int, help="classifier outputs (model.num_classes)")
     p.add_argument("--data", metavar="DIR", help="a folder holding train/ and val/ (data.root)")
     p.add_argument("--epochs", type=int, help="schedule.epochs")

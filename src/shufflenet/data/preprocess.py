@@ -11,8 +11,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .export import export_onnx, example_input
+from .export import example_input, export_onnx
 from .fastpath import fast_engine, optimize
-from .runtimes import load_runtime, ort_runner, openvino_runner
 from .quantize import quantize_onnx
+from .runtimes import load_runtime, openvino_runner, ort_runner
 
 VARIANTS = ("fast", "eager", "fused", "compile", "onnxruntime", "openvino", "int8")
 Call = Callable[[], object]

@@ -31,6 +31,7 @@ from ..models.v1 import ShuffleNetV1
 from ..models.v2 import ShuffleNetV2, ShuffleUnitV2, consumption_times, convert_routing
 from .fuse import fuse_conv_bn
 
+
 # -- weight permutations ---------------------------------------------------------------------------
 def permute_inputs(conv: nn.Conv2d, order: Sequence[int]) -> None:
     """Input channel ``j`` of ``conv`` becomes the old input channel ``order[j]`` (dense conv)."""
@@ -69,10 +70,7 @@ class PiecewiseUnitV2(nn.Module):
     def forward(self, pieces: list[torch.Tensor]) -> list[torch.Tensor]:
         taken = [pieces[i] for i in self.take]
         x = taken[0] if len(taken) == 1 else torch.cat(taken, 1)
-        if self.branch_proj is not None:
-            first = split(self.branch_proj(x), self.first_sizes)
-        else:
-            first = [pieces[i] for i in self.keep]
+        first = split(self.branch_proj(x), self.first_sizes) if self.branch_proj is not None else [pieces[i] for i in self.keep]
         return [*first, *split(self.branch_main(x), self.main_sizes)]
 
 
@@ -104,7 +102,10 @@ def piecewise_unit(unit: ShuffleUnitV2, u: int, pieces: list[Piece], times: list
     ``2i + 1``; ``times[c]`` says how many units later output channel ``c`` is read.
     """
     half = len(times) // 2
-    reader = lambda c: u + times[c]  # the unit that reads output channel c
+
+    def reader(c: int) -> int:  # the unit that reads output channel c
+        return u + times[c]
+
     take = [i for i, (_, time) in enumerate(pieces) if time == u]
     keep = [i for i, (_, time) in enumerate(pieces) if time != u]
     read = [c for i in take for c in pieces[i][0]]  # the branch input, in storage order
@@ -122,8 +123,8 @@ def piecewise_unit(unit: ShuffleUnitV2, u: int, pieces: list[Piece], times: list
             raise AssertionError("pieces must be read by the unit the routing sends them to")
     main = by_reader([2 * i + 1 for i in range(half)], reader)
     permute_outputs(unit.branch_main[2].conv, [c // 2 for channels, _ in main for c in channels])
-    sizes = lambda ps: [len(channels) for channels, _ in ps]
-    return PiecewiseUnitV2(unit, take, keep, sizes(first), sizes(main)), first + main
+    first_sizes, main_sizes = ([len(channels) for channels, _ in ps] for ps in (first, main))
+    return PiecewiseUnitV2(unit, take, keep, first_sizes, main_sizes), first + main
 
 
 def shuffle_free_v2(model: ShuffleNetV2) -> ShuffleNetV2:

@@ -192,7 +192,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in raw if k not in names]
     if unknown:
-        raise UserError(f"unknown config key {prefix}{unknown[0]!r}; valid keys in {prefix.rstrip('.') or 'the top level'}: {', '.join(names)}")
+        section = prefix.rstrip(".") or "the top level"
+        raise UserError(f"unknown config key {prefix}{unknown[0]!r}; valid keys in {section}: {', '.join(names)}")
     values = {}
     for key, value in raw.items():
         hint = hints[key]

@@ -117,7 +117,8 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
         kept = f"the last good checkpoint is kept in {last}" if last.is_file() else "no checkpoint was written yet"
         return TrainingDiverged(f"{what} at step {position.global_step}; {kept} (try a lower optim.lr or set optim.clip_grad_norm)")
 
-    ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if runtime.distributed else model
+    device_ids = [device.index] if device.type == "cuda" else None
+    ddp_model = DistributedDataParallel(model, device_ids=device_ids) if runtime.distributed else model
     forward = torch.compile(ddp_model) if tc.compile else ddp_model
     metrics_log = MetricsLog(work_dir, runtime)
 
@@ -127,7 +128,8 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
         A step can turn the weights or BN statistics non-finite while its own loss (computed before
         the update) was still finite, so they are checked here: a diverged state never replaces a good one."""
         finite = all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point())
-        if all_reduce_sum(torch.tensor([float(finite)], device=device), runtime).item() < runtime.world_size:  # BN statistics differ by rank
+        # BN statistics differ by rank, so every rank must agree the average is finite
+        if all_reduce_sum(torch.tensor([float(finite)], device=device), runtime).item() < runtime.world_size:
             raise diverged("the weights became non-finite")
         if runtime.is_main:
             save_atomic({
@@ -195,7 +197,8 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
                 checkpoint_due = tc.checkpoint_every_steps > 0 and position.global_step % tc.checkpoint_every_steps == 0
                 local_stop = stop.requested and not runtime.distributed
                 if checkpoint_due or local_stop or position.global_step % tc.log_every_steps == 0:
-                    totals = all_reduce_sum(torch.cat([window, torch.tensor([float(stop.requested)], dtype=torch.float64, device=device)]), runtime).cpu()
+                    stop_flag = torch.tensor([float(stop.requested)], dtype=torch.float64, device=device)
+                    totals = all_reduce_sum(torch.cat([window, stop_flag]), runtime).cpu()
                     window.zero_()
                     if not torch.isfinite(totals[0]):
                         raise diverged(f"the loss became {totals[0].item()} in epoch {epoch + 1}")
@@ -207,8 +210,9 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
                     if checkpoint_due or totals[3] > 0:
                         save(checkpoints / "last.pt")
                     if totals[3] > 0:
-                        raise TrainingInterrupted(f"stopped by {stop.name}; checkpoint saved at epoch {epoch + 1}, step {position.global_step} "
-                                                  f"in {checkpoints / 'last.pt'} (continue with --resume)", stop.signum or signal.SIGTERM)
+                        raise TrainingInterrupted(f"stopped by {stop.name}; checkpoint saved at epoch {epoch + 1}, "
+                                                  f"step {position.global_step} in {checkpoints / 'last.pt'} (continue with --resume)",
+                                                  stop.signum or signal.SIGTERM)
         totals = all_reduce_sum(window, runtime).cpu()
         if not torch.isfinite(totals[0]):
             raise diverged(f"the loss became {totals[0].item()} in epoch {epoch + 1}")
@@ -254,7 +258,8 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
         summary.update(recalibrated_top1=val["top1"], recalibrated_top5=val["top5"], final_top1=val["top1"], final_top5=val["top5"])
         _say(runtime, f"after BN recalibration: top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}")
     if runtime.is_main:
-        save_weights(builders.routed(final, "shuffle"), work_dir / "model.safetensors", {"best_top1": best_top1, "epochs": config.schedule.epochs})
+        metadata = {"best_top1": best_top1, "epochs": config.schedule.epochs}
+        save_weights(builders.routed(final, "shuffle"), work_dir / "model.safetensors", metadata)
         metrics_log.finish(history)
         (work_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     barrier(runtime)
@@ -271,7 +276,8 @@ def _check_same_model(state: dict, config: Config, path: Path) -> None:
 
     trained, current = settings(state["config"]), settings(config.to_dict())
     if trained != current:
-        changed = ", ".join(f"{k}: {trained.get(k)!r} -> {current.get(k)!r}" for k in sorted(trained.keys() | current.keys()) if trained.get(k) != current.get(k))
+        keys = sorted(trained.keys() | current.keys())
+        changed = ", ".join(f"{k}: {trained.get(k)!r} -> {current.get(k)!r}" for k in keys if trained.get(k) != current.get(k))
         raise UserError(f"{path} was trained with other model settings ({changed}); resume with the recipe it was trained with")
 
 

@@ -13,7 +13,7 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     5-D Reshape/Transpose), reads shapes from ``x.shape`` rather than ``x.data`` (which bakes the
     batch size into an ONNX graph) and uses a single -1 per reshape (ONNX Runtime rejects two).
     """
-    batch, channels, height, width = x.shape
+    _, channels, height, width = x.shape
     if channels % groups:
         raise ValueError(f"channel_shuffle: {channels} channels cannot be split into {groups} groups")
     x = x.reshape(-1, groups, channels // groups, height * width)

@@ -97,7 +97,7 @@ def _read_safetensors(path: Path) -> RawCheckpoint:
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{path}: malformed or truncated safetensors file ({error})") from None
     return RawCheckpoint(tensors, "safetensors", metadata)
@@ -109,11 +109,11 @@ LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a"  # pre-1.6 torch.save: protocol 2, then
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles dicts of numpy arrays and nothing else (MegEngine ``.pkl`` weights)."""
 
-    ALLOWED = {
+    ALLOWED = frozenset({
         ("collections", "OrderedDict"), ("numpy", "ndarray"), ("numpy", "dtype"),
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    }
+    })
 
     def find_class(self, module: str, name: str) -> object:
         if (module, name) not in self.ALLOWED:
@@ -238,10 +238,7 @@ def megvii_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         unit_key = _stage_unit(int(m[1]), repeats)
         if family == V1:  # V1 units have no branch_main: compress / depthwise / expand
             return f"{unit_key}.{(V1_MAIN_1 if m[2] == '_1' else V1_MAIN_2)[m[3]]}."
-        if family == V2_PLUS:
-            table = V2_PLUS_XCEPTION if m[1] in xception_units else V2_PLUS_SHUFFLE
-        else:
-            table = MAIN
+        table = MAIN if family != V2_PLUS else V2_PLUS_XCEPTION if m[1] in xception_units else V2_PLUS_SHUFFLE
         return f"{unit_key}.branch_main.{table[m[3]]}."
 
     rules: list[Rule] = [
