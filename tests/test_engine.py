@@ -6,6 +6,7 @@ Runs on tiny data copied from the CIFAR-10 subset shipped in demo/ (no network, 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -374,3 +375,52 @@ def test_train_per_class_keeps_the_first_images_of_each_class(tiny) -> None:
     assert kept == expected and len(val_set) == 16
     with pytest.raises(UserError, match="at least 1"):
         builders.build_datasets(load_config(config, [f"data.root={data}", "data.train_per_class=0"]).data)
+
+
+def torchvision_ra_sampler(n: int, world_size: int, rank: int, seed: int, epoch: int, repeats: int) -> list[int]:
+    """torchvision's references/classification/sampler.py ``RASampler.__iter__`` (from DeiT), as it is."""
+    g = torch.Generator()
+    g.manual_seed(seed + epoch)
+    indices = torch.randperm(n, generator=g).tolist()
+    indices = [i for i in indices for _ in range(repeats)]
+    num_samples = math.ceil(n * repeats / world_size)
+    total_size = num_samples * world_size
+    indices += indices[: total_size - len(indices)]
+    indices = indices[rank:total_size:world_size]
+    return indices[: math.floor(n // 256 * 256 / world_size)]
+
+
+def test_repeated_augmentation_deals_torchvisions_indices_with_a_new_augmentation_per_copy() -> None:
+    from shufflenet.data.datasets import ResumableSampler, sample_seed
+
+    n, world, repeats, epoch = 1024, 4, 4, 7  # torchvision's ShuffleNet V2 x1.5/x2.0 recipe: --ra-reps 4 on 8 GPUs
+    ranks = []
+    for rank in range(world):
+        sampler = ResumableSampler(list(range(n)), world, rank, shuffle=True, seed=5, repeats=repeats)
+        sampler.set_epoch(epoch)
+        ranks.append(list(sampler))
+        assert [i for i, _ in ranks[-1]] == torchvision_ra_sampler(n, world, rank, 5, epoch, repeats)
+        assert len(sampler) == n // world  # an epoch as long as a plain one
+    steps = list(zip(*ranks))
+    assert all(len({i for i, _ in step}) == 1 for step in steps)  # one image per step on every rank...
+    assert all(len({s for _, s in step}) == world for step in steps)  # ...under four augmentations
+    assert len({i for i, _ in ranks[0]}) == n // repeats  # a quarter of the images per epoch
+
+    plain = ResumableSampler(list(range(n)), 1, 0, shuffle=True, seed=5)
+    plain.set_epoch(epoch)
+    assert all(s == sample_seed(5, epoch, i) for i, s in plain)  # repeats=1 keeps the seeds runs were trained with
+
+
+def test_repeated_augmentation_puts_differently_augmented_copies_in_one_batch(tiny) -> None:
+    from shufflenet.engine import builders
+    from shufflenet.engine.distributed import Runtime
+
+    config, data = tiny
+    train_set, _ = builders.build_datasets(load_config(config, [f"data.root={data}"]).data)
+    one = Runtime(rank=0, world_size=1, device=torch.device("cpu"))
+    images, labels, _ = next(iter(builders.train_loader(train_set, 8, one, seed=0, workers=0, repeats=4)))
+    for copies, label in zip(images.view(2, 4, *images.shape[1:]), labels.view(2, 4)):
+        assert len(set(label.tolist())) == 1
+        assert len({c.numpy().tobytes() for c in copies}) == 4, "each copy needs its own crop and flip"
+    with pytest.raises(UserError, match=re.escape("data.augment.repeats must be at least 1")):
+        builders.train_loader(train_set, 8, one, seed=0, workers=0, repeats=0)

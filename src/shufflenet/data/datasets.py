@@ -169,9 +169,10 @@ def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[CorruptSample
     return torch.stack([s[0] for s in good]), torch.tensor([s[1] for s in good]), bad
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A per-sample seed that differs by epoch and index (63-bit, no collisions in practice)."""
-    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+def sample_seed(seed: int, epoch: int, index: int, copy: int = 0) -> int:
+    """A per-sample seed that differs by epoch, index and repeated copy (63-bit, no collisions in practice)."""
+    key = f"{seed}:{epoch}:{index}" + (f":{copy}" if copy else "")
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 
 
@@ -180,10 +181,17 @@ class ResumableSampler(DistributedSampler):
 
     With one process it is a plain shuffled sampler; with N, rank r takes every N-th index of the
     same permutation, so N processes of batch B see the samples one process of batch N·B sees.
+
+    ``repeats`` > 1 is repeated augmentation (Hoffer et al. 2020; DeiT's and torchvision's
+    ``RASampler``): each image of the permutation appears ``repeats`` times in a row, each copy with
+    its own augmentation seed, dealt round-robin to the ranks; the epoch keeps the length of a
+    plain one, so it draws 1/repeats of the images, and the copies of one image land in the same
+    step (on different ranks; with one process, in the same batch unless it straddles two).
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool, seed: int) -> None:
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool, seed: int, repeats: int = 1) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+        self.repeats = repeats
         self.start = 0
 
     def set_position(self, epoch: int, start: int = 0) -> None:
@@ -192,8 +200,15 @@ class ResumableSampler(DistributedSampler):
         self.start = start
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        indices = list(super().__iter__())[self.start :]
-        return iter([(i, sample_seed(self.seed, self.epoch, i)) for i in indices])
+        picks = self._repeated() if self.repeats > 1 else [(i, 0) for i in super().__iter__()]
+        return iter([(i, sample_seed(self.seed, self.epoch, i, copy)) for i, copy in picks[self.start :]])
+
+    def _repeated(self) -> list[tuple[int, int]]:
+        """(index, copy) pairs of this rank's epoch under repeated augmentation."""
+        n = len(self.dataset)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist() if self.shuffle else range(n)
+        copies = [(i, copy) for i in order for copy in range(self.repeats)]
+        return copies[self.rank :: self.num_replicas][: self.num_samples]
 
     def __len__(self) -> int:
         return self.num_samples - self.start

@@ -59,8 +59,10 @@ def eval_dataset(path: Path, prep: Preprocessing) -> ImageDataset:
     return ImageDataset.from_path(path, v2.Compose(prep.geometry_steps()))
 
 
-def train_loader(dataset: ImageDataset, batch_size: int, runtime: Runtime, seed: int, workers: int) -> DataLoader:
-    sampler = ResumableSampler(dataset, runtime.world_size, runtime.rank, shuffle=True, seed=seed)
+def train_loader(dataset: ImageDataset, batch_size: int, runtime: Runtime, seed: int, workers: int, repeats: int = 1) -> DataLoader:
+    if repeats < 1:
+        raise UserError(f"data.augment.repeats must be at least 1 (1: no repeated augmentation), got {repeats}")
+    sampler = ResumableSampler(dataset, runtime.world_size, runtime.rank, shuffle=True, seed=seed, repeats=repeats)
     return _loader(dataset, batch_size, sampler, workers, drop_last=True)
 
 

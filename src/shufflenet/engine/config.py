@@ -43,6 +43,7 @@ class AugmentConfig:
     random_erasing: float = 0.0
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
+    repeats: int = 1  # repeated augmentation (torchvision's --ra-sampler --ra-reps): each drawn image this many times per step
 
 
 @dataclass

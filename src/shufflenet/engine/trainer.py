@@ -73,7 +73,7 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
 
     train_set, val_set = builders.build_datasets(config.data)
     builders.check_classes(config, train_set)
-    train_loader = builders.train_loader(train_set, tc.batch_size, runtime, tc.seed, config.data.num_workers)
+    train_loader = builders.train_loader(train_set, tc.batch_size, runtime, tc.seed, config.data.num_workers, config.data.augment.repeats)
     val_loader = builders.eval_loader(val_set, tc.batch_size, runtime, config.data.num_workers)
     steps_per_epoch = len(train_loader) // tc.grad_accum_steps
     if steps_per_epoch == 0:
