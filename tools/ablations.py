@@ -14,6 +14,8 @@ model's batch-1 CPU latency at 32 px on the fast path (``shufflenet.deploy.bench
 Every run is ``shufflenet train configs/cifar10/ablation.yaml`` with the model, its options and the
 seed overridden, in its own work dir, started with ``--resume``: re-running the command after an
 interruption (or in the next session) continues where it stopped, and finished runs are skipped.
+Each finished run's result is appended to ``docs/ablation_runs.jsonl``, which is committed: the tables
+are made from it, so they survive the loss of the run folders (a new machine) and can be checked.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "cifar10" / "ablation.yaml"
+RECORD = REPO / "docs" / "ablation_runs.jsonl"
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ EXPERIMENTS = [
     ),
 ]
 
+VARIANTS = list({v.slug: v for e in EXPERIMENTS for v in e.variants}.values())  # each once, in table order
+
 
 def run_dir(args: argparse.Namespace, variant: Variant, seed: int) -> Path:
     """One folder per run and scale, so runs at another scale never mix into a table."""
@@ -106,29 +111,49 @@ def cpu_latency_ms(variant: Variant) -> float:
     return benchmark(model, ("fast",), (1,), device="cpu", threads=1, iters=200)[0]["median_ms"]
 
 
+def read_record() -> dict[tuple, dict]:
+    """The finished runs, by (variant slug, epochs, images per class or None, seed)."""
+    rows = [json.loads(line) for line in RECORD.read_text().splitlines() if line.strip()] if RECORD.exists() else []
+    return {(r["variant"], r["epochs"], r["per_class"], r["seed"]): r for r in rows}
+
+
+def record_finished(args: argparse.Namespace, variant: Variant, seed: int) -> None:
+    """Append the run's final accuracy to the record, once."""
+    key = (variant.slug, args.epochs, args.per_class, seed)
+    summary = run_dir(args, variant, seed) / "summary.json"
+    if key in read_record() or not summary.exists():
+        return
+    import torch
+
+    result = json.loads(summary.read_text())
+    row = dict(zip(("variant", "epochs", "per_class", "seed"), key), val_top1=result["val_top1"], val_top5=result["val_top5"],
+               torch=torch.__version__.split("+")[0])
+    with RECORD.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 def train_missing(args: argparse.Namespace) -> None:
     from shufflenet.engine import load_config, train
 
-    variants = [v for v in {v.slug: v for e in EXPERIMENTS for v in e.variants}.values() if fnmatch(v.slug, args.models)]
-    for seed in range(args.seeds):
+    variants = [v for v in VARIANTS if fnmatch(v.slug, args.models)]
+    for seed in args.only_seeds or range(args.seeds):
         for variant in variants:
-            work = run_dir(args, variant, seed)
-            if (work / "summary.json").exists():
+            record_finished(args, variant, seed)  # a run finished before the record existed
+            if (variant.slug, args.epochs, args.per_class, seed) in read_record():
                 continue
+            work = run_dir(args, variant, seed)
             overrides = [f"model.name={variant.model}", f"train.seed={seed}", f"data.root={args.data}",
                          f"schedule.epochs={args.epochs}", f"model.kwargs={json.dumps(dict(variant.options))}",
                          f"data.train_per_class={args.per_class if args.per_class else 'null'}", *args.set]
             print(f"== {variant.name} seed {seed} -> {work}", flush=True)
             train(load_config(RECIPE, overrides), work, resume=True)
+            record_finished(args, variant, seed)
 
 
 def final_top1(args: argparse.Namespace, variant: Variant) -> list[float]:
-    results = []
-    for seed in range(args.seeds):
-        summary = run_dir(args, variant, seed) / "summary.json"
-        if summary.exists():
-            results.append(json.loads(summary.read_text())["val_top1"])
-    return results
+    record = read_record()
+    keys = [(variant.slug, args.epochs, args.per_class, seed) for seed in range(args.seeds)]
+    return [record[k]["val_top1"] for k in keys if k in record]
 
 
 def report(args: argparse.Namespace) -> str:
@@ -189,7 +214,9 @@ def main() -> int:
     parser.add_argument("--data", required=True, help="CIFAR-10 folder holding train/ and val/")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/ablations"))
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant")
+    parser.add_argument("--only-seeds", type=lambda s: [int(x) for x in s.split(",")], metavar="I,J",
+                        help="train only these seeds (the tables still use 0..N-1)")
     parser.add_argument("--per-class", type=int, help="train on the first N images of each class (default: all)")
     parser.add_argument("--models", default="*", help="train only the variants whose slug matches this glob, e.g. '*x0_5*'")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -202,6 +229,9 @@ def main() -> int:
     try:
         if not args.report:
             train_missing(args)
+        for variant in VARIANTS:  # runs made elsewhere (a GPU machine) join the record too
+            for seed in range(args.seeds):
+                record_finished(args, variant, seed)
         write_section(args.out, report(args))
     except UserError as error:
         print(f"ablations: error: {error}", file=sys.stderr)
