@@ -11,7 +11,7 @@ JPEGs at batch 256, SGD with momentum, fp32:
   images, its loader, normaliser, model, optimizer, channels_last, label smoothing), at batch 256.
   The recipe's TrivialAugmentWide is switched off so that both sides augment alike; ``--set KEY=VALUE``
   changes any recipe key for ours as `shufflenet train --set` does (e.g. ``train.compile=true``,
-  ``data.num_workers=0``, ``data.augment.auto_augment=trivial_augment_wide``).
+  ``data.num_workers=0``, ``data.augment.auto_augment=trivial_augment_wide``, ``data.augment.on_device=true``).
 
 Rounds alternate (peer, ours, peer, ours...) so that machine noise hits both; each round times
 ``--steps`` optimizer steps after the loaders are warm. Prints a table, then the ratio of the
@@ -80,6 +80,7 @@ def our_step(data: Path, batch_size: int, overrides: list[str]) -> Step:
     """What one step of `shufflenet train` runs, built by the engine's own builders."""
     config = load_config(RECIPE, [f"data.root={data}", f"train.batch_size={batch_size}", "data.augment.auto_augment=null", *overrides])
     runtime = Runtime(0, 1, torch.device("cpu"))
+    augment = builders.device_augment(config.data)  # data.augment.on_device
     train_set, _ = builders.build_datasets(config.data)
     loader = builders.train_loader(train_set, batch_size, runtime, config.train.seed, config.data.num_workers)
     normalize = builders.normalizer(builders.preprocessing(config.data), runtime.device)
@@ -93,7 +94,8 @@ def our_step(data: Path, batch_size: int, overrides: list[str]) -> Step:
     model.train()
 
     def step() -> int:
-        images, labels, _ = next(batches)
+        images, labels, seeds, _ = next(batches)
+        images = augment(images, seeds) if augment is not None else images
         loss = loss_fn(forward(to_input(images, normalize, runtime.device, config.train.channels_last)), labels)
         loss.backward()
         optimizer.step()

@@ -103,3 +103,16 @@ def test_bench_on_cuda_with_graphs() -> None:
     rows = benchmark(get_model("shufflenet_v1_g3_x0_5"), ("eager", "fast"), (1, 64), device="cuda", iters=5, cuda_graphs=True)
     assert {(r["backend"], r["batch_size"]) for r in rows} == {("eager", 1), ("eager", 64), ("fast", 1), ("fast", 64)}
     assert all(r["device"] == "cuda graph" and r["median_ms"] > 0 for r in rows)
+
+
+def test_batch_augmentation_on_cuda_matches_the_cpu() -> None:
+    """``data.augment.on_device``: the same draws give the same images on the GPU, up to the last
+    level of bilinear resampling (rotations, shears) where the two devices round differently."""
+    from shufflenet.data.batch_augment import BatchAugment
+    from shufflenet.data.datasets import decode_file
+
+    paths = sorted((REPO / "demo" / "cifar10-subset" / "train").rglob("*.jpg"))[:256]
+    images, seeds = torch.stack([decode_file(str(p)) for p in paths]), torch.arange(256)
+    augment = BatchAugment(32, 4, 0.5, trivial_augment=True, interpolation="bilinear")
+    difference = (augment(images.cuda(), seeds).cpu().int() - augment(images.clone(), seeds).int()).abs()
+    assert difference.max() <= 1 and (difference > 0).float().mean() < 0.01

@@ -418,9 +418,25 @@ def test_repeated_augmentation_puts_differently_augmented_copies_in_one_batch(ti
     config, data = tiny
     train_set, _ = builders.build_datasets(load_config(config, [f"data.root={data}"]).data)
     one = Runtime(rank=0, world_size=1, device=torch.device("cpu"))
-    images, labels, _ = next(iter(builders.train_loader(train_set, 8, one, seed=0, workers=0, repeats=4)))
+    images, labels, *_ = next(iter(builders.train_loader(train_set, 8, one, seed=0, workers=0, repeats=4)))
     for copies, label in zip(images.view(2, 4, *images.shape[1:]), labels.view(2, 4)):
         assert len(set(label.tolist())) == 1
         assert len({c.numpy().tobytes() for c in copies}) == 4, "each copy needs its own crop and flip"
     with pytest.raises(UserError, match=re.escape("data.augment.repeats must be at least 1")):
         builders.train_loader(train_set, 8, one, seed=0, workers=0, repeats=0)
+
+
+def test_on_device_augmentation_trains_and_refuses_what_it_does_not_cover(tiny, tmp_path: Path, monkeypatch, capsys) -> None:
+    from shufflenet.engine import builders
+
+    monkeypatch.setattr(builders, "CACHE_DIR", tmp_path / "cache")
+    config, data = tiny
+    on_device = ["--set", "data.augment.on_device=true", "--set", "data.cache_decoded=true",
+                 "--set", "data.augment.auto_augment=trivial_augment_wide"]
+    assert cli("train", config, "--data", data, "--epochs", 1, *on_device, "--work-dir", tmp_path / "run") == 0
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert math.isfinite(row["train_loss"]) and row["val_top1"] >= 0
+
+    capsys.readouterr()
+    assert cli("train", config, "--data", data, *on_device, "--set", "data.augment.crop=random_resized", "--work-dir", tmp_path / "no") == 2
+    assert "data.augment.on_device covers crop: pad" in capsys.readouterr().err

@@ -32,7 +32,10 @@ class CorruptSample(NamedTuple):
 
 
 class ImageDataset(Dataset):
-    """(path, label) samples; ``dataset[i]`` or ``dataset[(i, seed)]`` -> (uint8 image, label)."""
+    """(path, label) samples; ``dataset[i]`` or ``dataset[(i, seed)]`` -> (uint8 image, label, seed).
+
+    The seed (-1 when none is given) seeds the transform, and is handed on for augmentation that
+    runs later on the whole batch (``data.augment.on_device``)."""
 
     def __init__(self, samples: list[tuple[str, int]], classes: list[str], transform: Callable | None = None) -> None:
         self.samples = samples
@@ -66,18 +69,18 @@ class ImageDataset(Dataset):
                 kept.append((path, label))
         return ImageDataset(kept, self.classes, self.transform)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int] | CorruptSample:
-        index, seed = key if isinstance(key, tuple) else (key, None)
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int] | CorruptSample:
+        index, seed = key if isinstance(key, tuple) else (key, -1)
         path, label = self.samples[index]
         try:
             image = self._image(index)
         except (RuntimeError, OSError, ValueError) as error:
             return CorruptSample(path, str(error).splitlines()[0] if str(error) else type(error).__name__)
         if self.transform is not None:
-            if seed is not None:
+            if seed >= 0:
                 torch.manual_seed(seed)
             image = self.transform(image)
-        return image, label
+        return image, label, seed
 
     def _image(self, index: int) -> torch.Tensor:
         if self.decoded is not None:
@@ -160,13 +163,20 @@ def _read_list(path: Path) -> tuple[list[tuple[str, int]], list[str]]:
     return samples, classes
 
 
-def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[CorruptSample]]:
+class Batch(NamedTuple):
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor
+    seeds: torch.Tensor  # each image's augmentation seed (-1: none)
+    corrupt: list[CorruptSample]
+
+
+def collate(samples: list) -> Batch:
     """Stack the readable samples; hand the unreadable ones on for the loop to report."""
-    good = [s for s in batch if not isinstance(s, CorruptSample)]
-    bad = [s for s in batch if isinstance(s, CorruptSample)]
+    good = [s for s in samples if not isinstance(s, CorruptSample)]
+    bad = [s for s in samples if isinstance(s, CorruptSample)]
     if not good:
-        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), bad
-    return torch.stack([s[0] for s in good]), torch.tensor([s[1] for s in good]), bad
+        return Batch(torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), bad)
+    return Batch(torch.stack([s[0] for s in good]), torch.tensor([s[1] for s in good]), torch.tensor([s[2] for s in good]), bad)
 
 
 def sample_seed(seed: int, epoch: int, index: int, copy: int = 0) -> int:

@@ -15,6 +15,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
+from ..data.batch_augment import BatchAugment
 from ..data.datasets import ImageDataset, ResumableSampler, collate, shard_indices
 from ..data.preprocess import Preprocessing, train_transform
 from ..errors import UserError
@@ -40,7 +41,7 @@ def split_paths(data: DataConfig) -> tuple[Path, Path]:
 
 def build_datasets(data: DataConfig) -> tuple[ImageDataset, ImageDataset]:
     augment = data.augment
-    train_steps = train_transform(
+    train_steps = None if augment.on_device else train_transform(
         augment.crop, augment.crop_size, augment.scale, augment.padding, augment.hflip, augment.color_jitter,
         augment.auto_augment, augment.random_erasing, data.eval.interpolation,
     )
@@ -53,6 +54,20 @@ def build_datasets(data: DataConfig) -> tuple[ImageDataset, ImageDataset]:
         for dataset in (train_set, val_set):
             dataset.cache_decoded(CACHE_DIR)
     return train_set, val_set
+
+
+def device_augment(data: DataConfig) -> BatchAugment | None:
+    """The training augmentation for the batch on the device, when ``data.augment.on_device`` asks."""
+    augment = data.augment
+    if not augment.on_device:
+        return None
+    unsupported = [key for key, off in (("crop", augment.crop == "pad"), ("color_jitter", not augment.color_jitter),
+                                        ("random_erasing", not augment.random_erasing)) if not off]
+    if unsupported or not data.cache_decoded:
+        raise UserError("data.augment.on_device covers crop: pad, hflip and trivial_augment_wide on images of one size "
+                        f"(data.cache_decoded: true); this recipe also sets {', '.join(unsupported) or 'data.cache_decoded: false'}")
+    return BatchAugment(augment.crop_size, augment.padding, augment.hflip, augment.auto_augment == "trivial_augment_wide",
+                        data.eval.interpolation)
 
 
 def eval_dataset(path: Path, prep: Preprocessing) -> ImageDataset:

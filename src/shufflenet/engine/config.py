@@ -44,6 +44,7 @@ class AugmentConfig:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     repeats: int = 1  # repeated augmentation (torchvision's --ra-sampler --ra-reps): each drawn image this many times per step
+    on_device: bool = False  # pad-crop, flip and TrivialAugmentWide on the batch, on the training device (data/batch_augment.py)
 
 
 @dataclass

@@ -42,7 +42,7 @@ def evaluate(
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, top-5 hits, skipped images
     start = time.perf_counter()
-    for images, labels, corrupt in loader:
+    for images, labels, _, corrupt in loader:
         if on_corrupt is not None:
             on_corrupt(corrupt)
         totals[2] += len(corrupt)

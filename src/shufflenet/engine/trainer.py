@@ -13,6 +13,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,7 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
 
+    augment = builders.device_augment(config.data)  # None: the loader workers augment each image
     train_set, val_set = builders.build_datasets(config.data)
     builders.check_classes(config, train_set)
     train_loader = builders.train_loader(train_set, tc.batch_size, runtime, tc.seed, config.data.num_workers, config.data.augment.repeats)
@@ -81,6 +83,11 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
     prep = builders.preprocessing(config.data)
     normalize = builders.normalizer(prep, device)
     mixer = builders.batch_mixer(config.data, config.model.num_classes)
+
+    def train_input(images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        images = images.to(device, non_blocking=True)
+        return to_input(augment(images, seeds) if augment is not None else images, normalize, device, tc.channels_last)
+
     report_corrupt = CorruptReporter(config.data.strict, runtime)
 
     resume_path = _resume_path(resume, checkpoints)
@@ -165,12 +172,12 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
             batches = iter(train_loader)
             while position.step_in_epoch < steps_per_epoch:
                 for micro in range(tc.grad_accum_steps):
-                    images, labels, corrupt = next(batches)
+                    images, labels, seeds, corrupt = next(batches)
                     report_corrupt(corrupt)
                     window[2] += len(corrupt)
                     if not len(labels):
                         continue
-                    inputs, labels = to_input(images, normalize, device, tc.channels_last), labels.to(device)
+                    inputs, labels = train_input(images, seeds), labels.to(device)
                     targets = labels if mixer is None else None
                     if mixer is not None:
                         inputs, targets = mixer(inputs, labels)
@@ -253,7 +260,7 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
     if f"{scored_as}_top5" in summary:  # final_*: the accuracy of the weights in model.safetensors (older runs lack EMA top-5)
         summary.update(final_top1=summary[f"{scored_as}_top1"], final_top5=summary[f"{scored_as}_top5"])
     if tc.bn_recalibration_batches:
-        recalibrate_bn(final, train_loader, normalize, device, tc.bn_recalibration_batches, tc.channels_last)
+        recalibrate_bn(final, train_loader, train_input, tc.bn_recalibration_batches)
         val = evaluate(final, val_loader, config.model.num_classes, normalize, runtime, tc.amp, tc.channels_last)
         summary.update(recalibrated_top1=val["top1"], recalibrated_top5=val["top5"], final_top1=val["top1"], final_top5=val["top5"])
         _say(runtime, f"after BN recalibration: top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}")
@@ -374,19 +381,20 @@ class MetricsLog:
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, loader, normalize: nn.Module, device: torch.device, batches: int, channels_last: bool) -> None:
-    """Megvii's final pass: re-estimate BN running statistics as a plain average over ``batches``."""
+def recalibrate_bn(model: nn.Module, loader, train_input: Callable, batches: int) -> None:
+    """Megvii's final pass: re-estimate BN running statistics as a plain average over ``batches``
+    of training inputs (``train_input(images, seeds)``: augmented and normalised on the device)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average
     model.train()
     loader.sampler.set_position(0)
-    for index, (images, _, _) in enumerate(loader):
+    for index, (images, _, seeds, _) in enumerate(loader):
         if index == batches:
             break
         if len(images):
-            model(to_input(images, normalize, device, channels_last))
+            model(train_input(images, seeds))
     model.eval()
 
 
