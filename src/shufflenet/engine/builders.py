@@ -61,11 +61,12 @@ def device_augment(data: DataConfig) -> BatchAugment | None:
     augment = data.augment
     if not augment.on_device:
         return None
-    unsupported = [key for key, off in (("crop", augment.crop == "pad"), ("color_jitter", not augment.color_jitter),
-                                        ("random_erasing", not augment.random_erasing)) if not off]
-    if unsupported or not data.cache_decoded:
+    settings = (("data.augment.crop", augment.crop, "pad"), ("data.augment.color_jitter", augment.color_jitter, 0.0),
+                ("data.augment.random_erasing", augment.random_erasing, 0.0), ("data.cache_decoded", data.cache_decoded, True))
+    unsupported = [f"{key}: {value!r}" for key, value, needed in settings if value != needed]
+    if unsupported:
         raise UserError("data.augment.on_device covers crop: pad, hflip and trivial_augment_wide on images of one size "
-                        f"(data.cache_decoded: true); this recipe also sets {', '.join(unsupported) or 'data.cache_decoded: false'}")
+                        f"(data.cache_decoded: true); this recipe sets {', '.join(unsupported)}")
     return BatchAugment(augment.crop_size, augment.padding, augment.hflip, augment.auto_augment == "trivial_augment_wide",
                         data.eval.interpolation)
 
