@@ -42,6 +42,12 @@ class BatchAugment:
     def __init__(self, crop_size: int, padding: int, hflip: float, trivial_augment: bool, interpolation: str = "nearest") -> None:
         self.crop_size, self.padding, self.hflip = crop_size, padding, hflip
         self.trivial = v2.TrivialAugmentWide(interpolation=InterpolationMode(interpolation)) if trivial_augment else None
+        # TrivialAugmentWide's operations with their magnitude bins (None: no magnitude) and signedness, once
+        self.operations: list[tuple[str, list[float] | None, bool]] = []
+        if self.trivial is not None:
+            for operation, (magnitudes, signed) in self.trivial._AUGMENTATION_SPACE.items():
+                values = magnitudes(self.trivial.num_magnitude_bins, crop_size, crop_size)
+                self.operations.append((operation, None if values is None else [float(v) for v in values], signed))
 
     def draw(self, seed: int, height: int, width: int) -> Draw:
         """One image's parameters, from a generator of its own."""
@@ -52,14 +58,10 @@ class BatchAugment:
         top, left = rng.randrange(spare_rows + 1), rng.randrange(spare_cols + 1)
         flip = rng.random() < self.hflip
         operation, magnitude = "Identity", 0.0
-        if self.trivial is not None:  # as TrivialAugmentWide.forward: an operation, a magnitude bin, a sign
-            space = self.trivial._AUGMENTATION_SPACE
-            operation = list(space)[rng.randrange(len(space))]
-            magnitudes, signed = space[operation]
-            bins = self.trivial.num_magnitude_bins
-            values = magnitudes(bins, self.crop_size, self.crop_size)
+        if self.operations:  # as TrivialAugmentWide.forward: an operation, a magnitude bin, a sign
+            operation, values, signed = self.operations[rng.randrange(len(self.operations))]
             if values is not None:
-                magnitude = float(values[rng.randrange(bins)])
+                magnitude = values[rng.randrange(len(values))]
                 if signed and rng.random() <= 0.5:
                     magnitude = -magnitude
         return Draw(top, left, flip, operation, magnitude)
