@@ -10,9 +10,8 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # Stamps so that a re-run does not reinstall; pyproject.toml changes trigger a reinstall.
-# The demo exports to ONNX and runs ONNX Runtime: the `deploy` extra.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[deploy]"
+	$(BIN)/pip install -q -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python

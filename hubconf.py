@@ -13,7 +13,7 @@ import sys as _sys
 from pathlib import Path as _Path
 
 # what the package imports (torch.hub checks that each is installed before loading)
-dependencies = ["torch", "torchvision", "numpy", "PIL", "yaml", "safetensors", "tqdm"]
+dependencies = ["torch", "torchvision", "numpy", "PIL", "yaml", "safetensors", "tqdm", "onnx"]
 
 _sys.path.insert(0, str(_Path(__file__).resolve().parent / "src"))  # the package as this checkout has it
 from shufflenet.models import get_model as _get_model  # noqa: E402
