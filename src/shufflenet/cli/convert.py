@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..files import check_output
 from ..models.registry import get_spec
 from ..weights import FORMATS, load_checkpoint, save_checkpoint
 
@@ -30,8 +31,7 @@ def run_convert(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.suffix != ".safetensors":
         raise UserError(f"output must end in .safetensors, got {output.name!r}")
-    if output.exists() and not args.force:
-        raise UserError(f"{output} exists; pass --force to overwrite it")
+    check_output(output, args.force)
     spec = get_spec(args.model) if args.model else None
     model = load_checkpoint(args.source, args.source_format, spec=spec)
     save_checkpoint(model, output)

@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import UserError
+from ..files import atomic_destination, check_output
 from .table import format_table
 
 BACKEND_HELP = (
@@ -168,6 +169,7 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--calib", metavar="DIR", help="calibration images for --int8 (searched recursively)")
     p.add_argument("--calib-size", type=positive_int, default=256, help="calibration images used (default 256)")
     p.add_argument("-o", "--output", help="output file (default: derived from MODEL)")
+    p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
     p.set_defaults(func=run_export)
 
 
@@ -187,21 +189,23 @@ def run_export(args: argparse.Namespace) -> int:
     if args.int8 and not calibration:
         raise UserError(f"{args.calib}: no images found for calibration")
     suffix = {"torchscript": ".pt", "onnx": ".int8.onnx" if args.int8 else ".onnx"}[args.format]
-    output = Path(args.output) if args.output else default_output(args.model, suffix)
+    output = check_output(Path(args.output) if args.output else default_output(args.model, suffix), args.force, args.model)
     model = load_torch_model(args.model)
     if args.format == "torchscript":
-        export_torchscript(model, output, args.input_size)
+        with atomic_destination(output) as partial:
+            export_torchscript(model, partial, args.input_size)
         print(f"wrote {output} (TorchScript, BN folded)")
         return 0
     options = {"opset": args.opset, "dynamic_batch": args.dynamic_batch, "input_size": args.input_size}
-    if not args.int8:
-        proto = export_onnx(model, output, **options)
-    else:
-        with tempfile.TemporaryDirectory() as workdir:
-            fp32 = Path(workdir) / "fp32.onnx"
-            export_onnx(model, fp32, **options)
-            batches = image_batches(calibration, model.preprocessing, batch_size=16 if args.dynamic_batch else 1)
-            proto = quantize_onnx(fp32, output, batches)
+    with atomic_destination(output) as partial:
+        if not args.int8:
+            proto = export_onnx(model, partial, **options)
+        else:
+            with tempfile.TemporaryDirectory() as workdir:
+                fp32 = Path(workdir) / "fp32.onnx"
+                export_onnx(model, fp32, **options)
+                batches = image_batches(calibration, model.preprocessing, batch_size=16 if args.dynamic_batch else 1)
+                proto = quantize_onnx(fp32, partial, batches)
     batch = "dynamic batch" if args.dynamic_batch else "batch 1"
     kind = f"INT8 calibrated on {len(calibration)} images" if args.int8 else "fp32"
     print(f"wrote {output} (ONNX opset {args.opset}, {batch}, {kind}, max tensor rank {max_tensor_rank(proto)})")

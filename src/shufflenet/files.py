@@ -1,0 +1,35 @@
+"""Writing result files so that an interrupted or failed write never leaves a half file or clobbers a good one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import UserError
+
+
+@contextmanager
+def atomic_destination(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step,
+    on an error it is deleted and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def check_output(output: Path, force: bool, source: str | Path | None = None) -> Path:
+    """Refuse to overwrite an existing file unless ``force``, and never write onto ``source``."""
+    if source is not None and Path(source).exists() and output.resolve() == Path(source).resolve():
+        raise UserError(f"{output} is the input file; choose another output with -o")
+    if output.exists() and not force:
+        raise UserError(f"{output} exists; pass --force to overwrite it")
+    if output.is_dir():
+        raise UserError(f"{output} is a directory; give a file name with -o")
+    return output
