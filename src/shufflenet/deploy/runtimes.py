@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..data.preprocess import IMAGENET, Preprocessing
+from ..engine.distributed import resolve_device
 from ..errors import UserError
 from ..weights import load_model
 from . import fastpath
@@ -62,7 +63,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
 
 
 def default_device(device: str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return resolve_device(device or "auto")
 
 
 def load_runtime(
@@ -79,6 +80,8 @@ def load_runtime(
         raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if threads is not None and threads < 1:
         raise UserError(f"threads must be at least 1, got {threads}")
+    if device is not None:
+        resolve_device(device)  # one message for a bad or missing device, whichever backend runs
     if backend == "fast":
         return fast_runtime(source, device, threads)
     if is_onnx_file(source):
