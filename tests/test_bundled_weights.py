@@ -96,7 +96,8 @@ def test_a_bundled_run_is_a_tag_that_loads_exactly(run_dir, bundled, reference):
     assert hub.get_tag("shufflenet_v2_x0_5").tag == "tv_in1k"
     x = torch.randn(2, 3, 32, 32)
     for model in (shufflenet.get_model("shufflenet_v2_x0_5.cifar10", pretrained=True),
-                  shufflenet.get_model("shufflenet_v2_x0_5", pretrained="cifar10")):
+                  shufflenet.get_model("shufflenet_v2_x0_5", pretrained="cifar10"),
+                  shufflenet.get_model("shufflenet_v2_x0_5", pretrained="shufflenet_v2_x0_5.cifar10")):  # `--pretrained NAME.TAG`
         assert torch.equal(logits(model, x), logits(reference, x))
         assert model.class_names == CIFAR_CLASSES and model.preprocessing == CIFAR10
         assert model.stem.conv.stride == (1, 1) and model.source["tag"] == "shufflenet_v2_x0_5.cifar10"
@@ -105,6 +106,8 @@ def test_a_bundled_run_is_a_tag_that_loads_exactly(run_dir, bundled, reference):
     assert bare.stem.conv.stride == (1, 1) and bare.head.fc.out_features == 10
     assert bare.preprocessing == CIFAR10  # `bench` and `export` size their input by it: 32 px, not 224
     assert shufflenet.get_model("shufflenet_v2_x0_5.cifar10", num_classes=3).head.fc.out_features == 3
+    with pytest.raises(UserError, match=re.escape("unknown tag shufflenet_v2_x0_5.nope; available: tv_in1k")):
+        shufflenet.get_model("shufflenet_v2_x0_5", pretrained="shufflenet_v2_x0_5.nope")
 
 
 def test_cli_lists_and_predicts_with_the_bundled_tag(run_dir, bundled, reference, tmp_path, capsys):

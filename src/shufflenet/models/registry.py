@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -38,9 +38,7 @@ class ModelSpec:
     builder: type[nn.Module]
     kwargs: dict[str, Any]
     references: tuple[Reference, ...] = ()
-    input_size: int = 224
     preprocessing: Preprocessing = IMAGENET
-    aliases: tuple[str, ...] = field(default=())
 
     def build(self, **overrides: Any) -> nn.Module:
         model = self.builder(**{**self.kwargs, **overrides})
@@ -172,10 +170,6 @@ def split_name(name: str) -> tuple[ModelSpec, str | None]:
 
 def get_spec(name: str) -> ModelSpec:
     return split_name(name)[0]
-
-
-def aliases() -> dict[str, str]:
-    return dict(_ALIASES)
 
 
 def get_model(name: str, pretrained: bool | str = False, num_classes: int | None = None, **kwargs: Any) -> nn.Module:

@@ -58,7 +58,6 @@ class PretrainedTag:
     top5: float
     preprocessing: Preprocessing = IMAGENET
     sha256_prefix: str | None = None  # checked after download; None where no sha256 is published
-    file_size_mb: float | None = None  # as published (torchvision meta)
     manual: bool = False  # no direct link: the user downloads the file by hand
     filename: str = field(default="")
     dataset: str = "ImageNet-1k"
@@ -81,13 +80,13 @@ def _tags() -> list[PretrainedTag]:
     me = "https://data.megengine.org.cn/models/weights/"
     tags = [
         PretrainedTag("shufflenet_v2_x0_5", "tv_in1k", "torchvision", tv + "shufflenetv2_x0.5-f707e7126e.pth",
-                      60.552, 81.746, IMAGENET, "f707e7126e", 5.282),
+                      60.552, 81.746, IMAGENET, "f707e7126e"),
         PretrainedTag("shufflenet_v2_x1_0", "tv_in1k", "torchvision", tv + "shufflenetv2_x1-5666bf0f80.pth",
-                      69.362, 88.316, IMAGENET, "5666bf0f80", 8.791),
+                      69.362, 88.316, IMAGENET, "5666bf0f80"),
         PretrainedTag("shufflenet_v2_x1_5", "tv_in1k", "torchvision", tv + "shufflenetv2_x1_5-3c479a10.pth",
-                      72.996, 91.086, IMAGENET_RESIZE_232, "3c479a10", 13.557),
+                      72.996, 91.086, IMAGENET_RESIZE_232, "3c479a10"),
         PretrainedTag("shufflenet_v2_x2_0", "tv_in1k", "torchvision", tv + "shufflenetv2_x2_0-8be3c8ee.pth",
-                      76.230, 93.006, IMAGENET_RESIZE_232, "8be3c8ee", 28.433),
+                      76.230, 93.006, IMAGENET_RESIZE_232, "8be3c8ee"),
         PretrainedTag("shufflenet_v1_g3_x1_0", "mmpretrain_in1k", "mmpretrain",
                       mm + "shufflenet_v1/shufflenet_v1_batch1024_imagenet_20200804-5d6cec73.pth",
                       68.13, 87.81, IMAGENET, "5d6cec73"),
@@ -301,7 +300,9 @@ def fit_classifier(model: nn.Module, num_classes: int | None) -> nn.Module:
 def build_pretrained(
     spec: ModelSpec, tag: str | None, pretrained: bool | str | os.PathLike, num_classes: int | None, **kwargs: Any
 ) -> nn.Module:
-    """``spec`` with weights: ``pretrained`` is True (``tag`` or the default tag), a tag, or a file path."""
+    """``spec`` with weights: ``pretrained`` is True (``tag`` or the default tag), a tag, the model's
+    ``name`` (its default tag) or ``name.tag``, or a file path."""
+    pretrained = _named_tag(spec, pretrained)
     if isinstance(pretrained, (str, os.PathLike)) and str(pretrained) not in all_tags().get(spec.name, {}):
         model = load_checkpoint(pretrained, spec=spec, **kwargs)
     else:
@@ -313,6 +314,17 @@ def build_pretrained(
         model.source = {"format": info.source_format, "tag": info.full_name, "url": info.url}
     model.model_name = spec.name
     return fit_classifier(model, num_classes).eval()
+
+
+def _named_tag(spec: ModelSpec, pretrained: bool | str | os.PathLike) -> bool | str | os.PathLike:
+    """``name`` -> True and ``name.tag`` -> ``tag`` for this model's own name, unless a file has that name."""
+    if not isinstance(pretrained, str) or os.path.exists(pretrained):
+        return pretrained
+    if pretrained == spec.name:
+        return True
+    if pretrained.startswith(spec.name + "."):
+        return get_tag(spec.name, pretrained[len(spec.name) + 1 :]).tag  # an unknown tag lists the known ones
+    return pretrained
 
 
 # -- making a bundled tag from a finished training run ---------------------------------------------
