@@ -33,3 +33,27 @@ def test_demo_outside_the_repository_says_where_to_run(tmp_path, monkeypatch, ca
     monkeypatch.chdir(tmp_path)
     assert main(["demo", "--epochs", "1"]) == 2
     assert "run the demo from the repository root" in capsys.readouterr().err
+
+
+def test_sample_images_skips_non_images_searches_sub_folders_and_names_an_empty_class(tmp_path):
+    from PIL import Image
+
+    from shufflenet.cli.demo import sample_images
+    from shufflenet.errors import UserError
+
+    for name in ("cat/.DS_Store", "cat/notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("not an image")
+    (tmp_path / "dog" / "nested").mkdir(parents=True)
+    for path in (tmp_path / "cat" / "b.png", tmp_path / "dog" / "nested" / "a.tif"):
+        Image.new("RGB", (4, 4)).save(path)
+    assert sample_images(tmp_path) == [tmp_path / "cat" / "b.png", tmp_path / "dog" / "nested" / "a.tif"]
+    (tmp_path / "emu" / "empty").mkdir(parents=True)
+    with pytest.raises(UserError, match="emu: no image files"):
+        sample_images(tmp_path)
+
+
+def test_zero_epochs_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--epochs", "0"])
+    assert exit_info.value.code == 2 and "--epochs: must be at least 1, got 0" in capsys.readouterr().err

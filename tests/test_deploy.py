@@ -152,7 +152,7 @@ def trained(tmp_path_factory):
 @pytest.mark.parametrize("batch_flag", [["--dynamic-batch"], []])
 def test_int8_export_stays_close_to_fp32(trained, capsys, batch_flag):
     model, folder, (x, y) = trained
-    out = folder / "small.int8.onnx"
+    out = folder / f"small{len(batch_flag)}.int8.onnx"  # one file per case: export never overwrites without --force
     status = main(["export", str(folder / "small.safetensors"), "--int8", "--calib", str(folder / "calib"),
                    *batch_flag, "-o", str(out)])
     assert status == 0 and "INT8 calibrated on 48 images" in capsys.readouterr().out
@@ -197,9 +197,21 @@ def test_bench_cli_json_and_usage_errors(trained, capsys):
 
 
 def test_calibration_sample_spans_every_class_folder():
-    from shufflenet.deploy.quantize import calibration_sample, find_images
+    from shufflenet.data.datasets import find_images
+    from shufflenet.deploy.quantize import calibration_sample
 
     images = find_images(Path(__file__).parents[1] / "demo" / "cifar10-subset" / "train")  # 10 classes x 200
     sample = calibration_sample(images, 50)
     assert len(sample) == 50 and len({p.parent.name for p in sample}) == 10
     assert calibration_sample(images[:7], 50) == images[:7]
+
+
+@pytest.mark.parametrize("per_class", [100, 50])  # 1,000 and 500 images: neither a multiple of the count
+def test_calibration_sample_is_spread_evenly_over_the_whole_list(per_class):
+    from shufflenet.deploy.quantize import calibration_sample
+
+    images = [Path(f"class{c}") / f"{i:03d}.jpg" for c in range(10) for i in range(per_class)]
+    sample = calibration_sample(images, 256)
+    assert len(sample) == len(set(sample)) == 256
+    counts = [sum(p.parent.name == f"class{c}" for p in sample) for c in range(10)]
+    assert max(counts) - min(counts) <= 1  # every class, in equal shares

@@ -13,30 +13,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch import nn
 
+from .data.datasets import to_rgb
 from .deploy.runtimes import Runtime, load_runtime
 from .errors import UserError
 
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
-SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image as upright 8-bit RGB.
-
-    Transparent pixels are composited on white rather than dropped: the colour hidden under
-    alpha 0 is arbitrary (often black), while white is what a viewer shows.
-    """
-    image = ImageOps.exif_transpose(image)
-    if image.mode in SIXTEEN_BIT_MODES:  # Pillow's convert() would clip 16-bit values at 255
-        pixels = np.asarray(image, dtype=np.float32) / 257.0
-        image = Image.fromarray(pixels.round().astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-    return image.convert("RGB")
 
 
 def load_image(path: str | Path) -> Image.Image:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from .deploy import positive_int
 from .table import format_table
 
 DEFAULT_CONFIG = "configs/cifar10/shufflenet_v2_x0_5_quick.yaml"
@@ -29,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"training recipe (default {DEFAULT_CONFIG})")
     p.add_argument("--data", default=DEFAULT_DATA, help=f"folder with train/ and val/ (default {DEFAULT_DATA})")
     p.add_argument("--work-dir", default="runs/demo", help="where everything goes (default runs/demo)")
-    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    p.add_argument("--epochs", type=positive_int, help="override the recipe's epochs (at least 1)")
     p.set_defaults(func=run_demo)
 
 
@@ -42,8 +43,9 @@ def run_demo(args: argparse.Namespace) -> int:
     for path in (args.config, args.data):
         if not Path(path).exists():
             raise UserError(f"{path} not found: run the demo from the repository root (or pass --config/--data)")
+    samples = sample_images(Path(args.data) / "val")  # before training, so a bad folder fails at once
     out = Path(args.work_dir)
-    overrides = [f"data.root={args.data}"] + ([f"schedule.epochs={args.epochs}"] if args.epochs else [])
+    overrides = [f"data.root={args.data}"] + ([f"schedule.epochs={args.epochs}"] if args.epochs is not None else [])
     config = load_config(args.config, overrides)
     start = time.perf_counter()
 
@@ -59,7 +61,6 @@ def run_demo(args: argparse.Namespace) -> int:
     proto = export_onnx(load_model(weights), onnx_path, dynamic_batch=True)
 
     _step(4, "classify sample images with ONNX Runtime")
-    samples = sample_images(Path(args.data) / "val")
     predictions = inference_model(str(onnx_path), [str(p) for p in samples], topk=3, backend="onnxruntime")
 
     report = out / "report.md"
@@ -76,8 +77,18 @@ def _step(number: int, text: str) -> None:
 
 
 def sample_images(val_dir: Path) -> list[Path]:
-    """The first image of every class folder: one sample per class, in class order."""
-    return [sorted(d.glob("*.*"))[0] for d in sorted(val_dir.iterdir()) if d.is_dir() and any(d.iterdir())]
+    """The first image (sorted, sub-folders searched) of every class folder: one sample per class, in class order."""
+    from ..data.datasets import IMAGE_EXTENSIONS, find_images
+
+    if not val_dir.is_dir():
+        raise UserError(f"{val_dir}: not found (expected one sub-folder of images per class)")
+    samples = []
+    for folder in sorted(d for d in val_dir.iterdir() if d.is_dir()):
+        images = find_images(folder)
+        if not images:
+            raise UserError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}), so no sample for this class")
+        samples.append(images[0])
+    return samples
 
 
 def render_report(config, args, metrics: dict, samples: list[Path], predictions: list[dict], rank: int, seconds: float) -> str:

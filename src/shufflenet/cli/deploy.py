@@ -71,7 +71,7 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
 
 def expand_inputs(patterns: Sequence[str]) -> tuple[list[Path], list[str]]:
     """(image files, error lines) for files, directories (recursive) and glob patterns."""
-    from ..deploy.quantize import IMAGE_SUFFIXES
+    from ..data.datasets import find_images
 
     files: list[Path] = []
     errors: list[str] = []
@@ -80,7 +80,7 @@ def expand_inputs(patterns: Sequence[str]) -> tuple[list[Path], list[str]]:
         found = [p for p in map(Path, matches) if p.exists()]
         for path in found:
             if path.is_dir():
-                images = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+                images = find_images(path)
                 files += images
                 errors += [] if images else [f"{path}: no image files in this directory"]
             else:  # a file named explicitly is tried whatever its suffix
@@ -179,8 +179,9 @@ def default_output(source: str, suffix: str) -> Path:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from ..data.datasets import find_images
     from ..deploy.export import export_onnx, export_torchscript, max_tensor_rank
-    from ..deploy.quantize import calibration_sample, find_images, image_batches, quantize_onnx
+    from ..deploy.quantize import calibration_sample, image_batches, quantize_onnx
     from ..deploy.runtimes import load_torch_model
 
     if args.int8 and (args.format != "onnx" or not args.calib):

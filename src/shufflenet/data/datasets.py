@@ -1,9 +1,10 @@
 """Image classification datasets: ImageFolder directories and ``relative/path label`` list files.
 
-Images are decoded with ``torchvision.io.decode_image`` into uint8 tensors and augmented as uint8
-(transforms v2); conversion to float and normalisation happen later, on the whole batch, on the
-training device. An unreadable image becomes a ``CorruptSample`` instead of an exception, so the
-training loop can warn, count and go on (or stop, with ``strict``) in the main process.
+Images are decoded into uint8 tensors exactly as ``predict`` decodes them (``to_rgb``: upright,
+8-bit RGB, transparency on white) and augmented as uint8 (transforms v2); conversion to float and
+normalisation happen later, on the whole batch, on the training device. An unreadable image becomes
+a ``CorruptSample`` instead of an exception, so the training loop can warn, count and go on (or
+stop, with ``strict``) in the main process.
 
 Augmentation randomness is a function of (seed, epoch, sample index) — see ``ResumableSampler`` —
 so a resumed run, any number of workers and any number of processes see the same augmented images.
@@ -17,13 +18,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset, DistributedSampler
 from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 from ..errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+# The one list of image suffixes: datasets, predict's directory search and INT8 calibration.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ppm", ".pgm")
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# What decoding may raise for a bad file (Pillow: SyntaxError, EOFError for some broken files).
+DECODE_ERRORS = (RuntimeError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 class CorruptSample(NamedTuple):
@@ -74,7 +83,7 @@ class ImageDataset(Dataset):
         path, label = self.samples[index]
         try:
             image = self._image(index)
-        except (RuntimeError, OSError, ValueError) as error:
+        except DECODE_ERRORS as error:
             return CorruptSample(path, str(error).splitlines()[0] if str(error) else type(error).__name__)
         if self.transform is not None:
             if seed >= 0:
@@ -104,7 +113,7 @@ class ImageDataset(Dataset):
         for i, (path, _) in enumerate(self.samples):
             try:
                 images.append(decode_file(path))
-            except (RuntimeError, OSError, ValueError) as error:
+            except DECODE_ERRORS as error:
                 unreadable[i] = str(error).splitlines()[0]
                 images.append(None)
         shapes = {tuple(im.shape) for im in images if im is not None}
@@ -119,19 +128,60 @@ class ImageDataset(Dataset):
         os.replace(temporary, cache)
 
     def _fingerprint(self) -> str:
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(b"to_rgb")  # caches written before decoding matched predict's are not reused
         for path, label in self.samples:
             stat = os.stat(path)
             digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         return digest.hexdigest()[:16]
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image as upright 8-bit RGB: the one decoding rule of training, testing and predict.
+
+    Transparent pixels are composited on white rather than dropped: the colour hidden under
+    alpha 0 is arbitrary (often black), while white is what a viewer shows.
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode in SIXTEEN_BIT_MODES:  # Pillow's convert() would clip 16-bit values at 255
+        pixels = np.asarray(image, dtype=np.float32) / 257.0
+        image = Image.fromarray(pixels.round().astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    return image.convert("RGB")
+
+
 def decode_file(path: str) -> torch.Tensor:
+    """An image file as a uint8 (3, H, W) tensor with exactly the pixels of ``to_rgb``."""
     with open(path, "rb") as file:
-        data = torch.frombuffer(bytearray(file.read()), dtype=torch.uint8)
-    if data.numel() == 0:
+        data = file.read()
+    if not data:
         raise ValueError("empty file")
-    return decode_image(data, mode=ImageReadMode.RGB)
+    if _decodes_like_to_rgb(data):  # torchvision is the faster decoder
+        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    with Image.open(path) as image:  # by path, so that Pillow's errors name the file
+        return pil_to_tensor(to_rgb(image))
+
+
+def _decodes_like_to_rgb(data: bytes) -> bool:
+    """Whether torchvision's decoder gives ``to_rgb``'s pixels: any JPEG (EXIF orientation and CMYK included)
+    and 8-bit grey, RGB or palette PNG without transparency (IHDR: bit depth at byte 24, colour type at 25;
+    a tRNS chunk comes before the image data). Not 16-bit, alpha, tRNS, GIF, WebP, BMP, TIFF, PPM/PGM."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return True
+    return (
+        data.startswith(PNG_SIGNATURE) and len(data) > 25 and data[24] <= 8 and data[25] in (0, 2, 3)
+        and b"tRNS" not in data[: data.find(b"IDAT")]
+    )
+
+
+def find_images(root: str | Path) -> list[Path]:
+    """Image files under ``root`` (recursive, by ``IMAGE_EXTENSIONS``), sorted: predict's folder inputs,
+    the demo's samples and INT8 calibration."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: not a directory")
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
 def _scan_folder(root: Path) -> tuple[list[tuple[str, int]], list[str]]:

@@ -20,22 +20,12 @@ from ..data.preprocess import Preprocessing
 from ..errors import UserError
 from .export import INPUT_NAME, set_metadata
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-
-
-def find_images(root: str | Path) -> list[Path]:
-    """Image files under ``root`` (recursive), sorted for reproducible calibration."""
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"{root}: not a directory")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
 
 def calibration_sample(images: Sequence[Path], count: int) -> list[Path]:
     """``count`` images evenly spaced over the sorted list: from an ImageFolder tree the first
     ``count`` would all be one class, and a one-class calibration sets the wrong ranges."""
-    step = max(1, len(images) // count)
-    return list(images[::step][:count])
+    n = min(count, len(images))
+    return [images[i * len(images) // n] for i in range(n)]
 
 
 def cpu_has_vnni() -> bool:
