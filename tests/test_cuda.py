@@ -10,7 +10,7 @@ import pytest
 import torch
 import torchvision
 
-from helpers import randomize_bn
+from helpers import randomised, randomize_bn
 from shufflenet import get_model
 from shufflenet.cli import main
 from shufflenet.deploy.bench import benchmark, cuda_graphed
@@ -116,3 +116,20 @@ def test_batch_augmentation_on_cuda_matches_the_cpu() -> None:
     augment = BatchAugment(32, 4, 0.5, trivial_augment=True, interpolation="bilinear")
     difference = (augment(images.cuda(), seeds).cpu().int() - augment(images.clone(), seeds).int()).abs()
     assert difference.max() <= 1 and (difference > 0).float().mean() < 0.01
+
+
+def test_an_onnx_model_scores_on_cuda_as_on_the_cpu(tmp_path: Path, capsys) -> None:
+    """`test MODEL model.onnx` on a GPU machine: ONNX Runtime hands its logits back on the CPU while
+    the labels are on the GPU; the scores must be those of a CPU run."""
+    from shufflenet.deploy import export_onnx
+
+    model = randomised("shufflenet_v2_x0_5", size=32, num_classes=10, small_input=True)  # logits far from ties
+    export_onnx(model, tmp_path / "m.onnx", dynamic_batch=True)
+    results = []
+    for device in ("cpu", "cuda"):
+        assert main(["test", "shufflenet_v2_x0_5", str(tmp_path / "m.onnx"), "--data", str(REPO / "demo/cifar10-subset"),
+                     "--device", device, "--workers", "0", "--json", "--out", str(tmp_path)]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    assert results[1]["images"] == results[0]["images"] == 500
+    assert results[1]["top1"] == pytest.approx(results[0]["top1"], abs=0.2)  # one image: normalised on another device
+    assert results[1]["loss"] == pytest.approx(results[0]["loss"], rel=1e-4)

@@ -440,3 +440,130 @@ def test_on_device_augmentation_trains_and_refuses_what_it_does_not_cover(tiny, 
     capsys.readouterr()
     assert cli("train", config, "--data", data, *on_device, "--set", "data.augment.crop=random_resized", "--work-dir", tmp_path / "no") == 2
     assert "data.augment.on_device covers crop: pad" in capsys.readouterr().err
+
+
+# -- a work dir holding a run; range checks --------------------------------------------------------
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt", "model.safetensors")
+
+
+def test_a_fresh_run_into_a_finished_one_is_refused_unless_forced(tiny, tmp_path: Path, capsys) -> None:
+    config, data = tiny
+    work = tmp_path / "run"
+    args = ["train", config, "--data", data, "--epochs", 1, "--work-dir", work]
+    assert cli(*args) == 0
+    before = {name: (work / name).read_bytes() for name in RUN_FILES}
+    capsys.readouterr()
+    assert cli(*args, "--set", "optim.lr=0.01") == 2
+    err = capsys.readouterr().err
+    assert f"{work} already holds a run (checkpoints/last.pt, model.safetensors); pass --resume" in err and "--force" in err
+    assert {name: (work / name).read_bytes() for name in RUN_FILES} == before
+
+    assert cli(*args, "--set", "optim.lr=0.01", "--force") == 0
+    assert "lr: 0.01" in (work / "config.yaml").read_text()
+    assert (work / "model.safetensors").read_bytes() != before["model.safetensors"]
+
+
+def test_a_setup_that_fails_leaves_no_config_behind(tiny, tmp_path: Path, capsys) -> None:
+    config, _ = tiny
+    work = tmp_path / "run"
+    assert cli("train", config, "--data", tmp_path / "missing", "--work-dir", work) == 2
+    assert "dataset not found" in capsys.readouterr().err
+    assert not work.exists()
+
+
+@pytest.mark.parametrize("setting", ["train.grad_accum_steps=0", "train.log_every_steps=0", "train.eval_every_epochs=0",
+                                     "train.batch_size=0", "data.num_workers=-1"])
+def test_counts_below_their_minimum_are_refused_with_the_key(tiny, tmp_path: Path, capsys, setting: str) -> None:
+    config, data = tiny
+    key, value = setting.split("=")
+    assert cli("train", config, "--data", data, "--set", setting, "--work-dir", tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert f"config key {key}: must be at least {int(value) + 1}, got {value}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flags", [["train", "CONFIG", "--batch-size", "0"], ["test", "MODEL", "CKPT", "--batch-size", "0"],
+                                   ["test", "MODEL", "CKPT", "--workers", "-1"]])
+def test_count_flags_below_their_minimum_are_usage_errors(flags: list[str], capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli(*flags)
+    assert exit_info.value.code == 2
+    assert f"{flags[-2]}: must be at least {int(flags[-1]) + 1}, got {flags[-1]}" in capsys.readouterr().err
+
+
+# -- labels by class name ------------------------------------------------------------------------------
+def always_frog(tmp_path: Path) -> Path:
+    """A model of the classes (airplane, cat, frog) that answers frog (index 2) for every image."""
+    from shufflenet import get_model
+    from shufflenet.data.preprocess import Preprocessing
+    from shufflenet.weights import save_checkpoint
+
+    model = get_model("shufflenet_v2_x0_5", num_classes=3)
+    model.head.fc.weight.data.zero_()
+    model.head.fc.bias.data = torch.tensor([0.0, 0.0, 10.0])
+    model.class_names = ("airplane", "cat", "frog")
+    model.preprocessing = Preprocessing(resize_size=32, crop_size=32)
+    return save_checkpoint(model, tmp_path / "frog.safetensors")
+
+
+def test_test_scores_a_folder_with_some_of_the_models_classes_by_name(tmp_path: Path) -> None:
+    """No cat/ folder: frog/ is the folder's class 1, the model's class 2. Scored by folder index,
+    every frog image would count as a miss of "cat"."""
+    from shufflenet.engine import test as evaluate
+
+    data = make_folder(tmp_path / "data", ("airplane", "frog"), 0, 3)
+    result = evaluate("shufflenet_v2_x0_5", always_frog(tmp_path), data=str(data), workers=0, out=tmp_path)
+    assert result["class_names"] == ["airplane", "frog"]
+    assert result["per_class"] == [0.0, 100.0] and result["top1"] == 50.0
+    assert result["confusion"] == [[0, 3], [0, 3]]  # rows: true, columns: predicted, both by name
+
+
+def test_test_names_the_folders_the_model_has_no_class_for(tmp_path: Path) -> None:
+    from shufflenet.engine import test as evaluate
+
+    data = make_folder(tmp_path / "data", ("airplane", "frog", "ship"), 0, 1)
+    with pytest.raises(UserError, match=re.escape("1 class(es) not among the model's 3 classes (airplane, cat, frog): ship")):
+        evaluate("shufflenet_v2_x0_5", always_frog(tmp_path), data=str(data), workers=0, out=tmp_path)
+
+
+def test_the_validation_labels_are_the_training_classes_indices(tmp_path: Path) -> None:
+    from shufflenet.engine import builders
+
+    root = make_folder(tmp_path / "data", ("airplane", "cat", "frog"), 1, 1)
+    shutil.rmtree(root / "val" / "cat")
+    config = load_config(None, [f"data.root={root}"])
+    train_set, val_set = builders.build_datasets(config.data)
+    assert val_set.classes == train_set.classes == ["airplane", "cat", "frog"]
+    assert [(Path(path).parent.name, label) for path, label in val_set.samples] == [("airplane", 0), ("frog", 2)]
+
+    make_folder(tmp_path / "ship", ("ship",), 0, 1)
+    shutil.move(tmp_path / "ship" / "val" / "ship", root / "val")
+    with pytest.raises(UserError, match=re.escape("not among the training data's 3 classes (airplane, cat, frog): ship")):
+        builders.build_datasets(config.data)
+
+
+# -- training checkpoints as weights: the EMA's -------------------------------------------------------
+def test_a_training_checkpoint_is_read_as_its_ema_weights_by_test_predict_and_convert(tiny, tmp_path: Path, capsys) -> None:
+    """best.pt was chosen by the EMA's accuracy and model.safetensors holds the EMA: `test`, and every
+    loader of weights files (predict, convert, --pretrained), read a training state as those weights,
+    in torchvision's channel order when the run trained in the even/odd twin."""
+    from shufflenet.engine import test as evaluate
+    from shufflenet.weights import load_checkpoint
+
+    config, data = tiny
+    work = tmp_path / "run"
+    assert cli("train", config, "--data", data, "--epochs", 1, "--work-dir", work, "--set", "train.ema_decay=0.9",
+               "--set", "train.even_odd_routing=true") == 0
+    best, final = work / "checkpoints" / "best.pt", work / "model.safetensors"
+    results = [evaluate("shufflenet_v2_x0_5", path, data=str(data / "val"), workers=0, out=tmp_path) for path in (best, final)]
+    assert results[0]["weights"] == "ema" and results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-6)
+
+    loaded = load_checkpoint(best)
+    assert loaded.routing == "shuffle" and loaded.source == {"format": "shufflenet train", "file": "best.pt", "weights": "ema"}
+    assert loaded.class_names == ("airplane", "frog") and loaded.preprocessing.crop_size == 32
+    assert_same_weights(loaded.state_dict(), load_checkpoint(final).state_dict(), atol=0)
+
+    capsys.readouterr()
+    assert cli("convert", best, "-o", tmp_path / "best.safetensors") == 0
+    assert "(shufflenet train)" in capsys.readouterr().out
+    assert cli("test", "shufflenet_v2_x0_5", best, "--data", data, "--workers", 0, "--out", tmp_path) == 0
+    assert "shufflenet_v2_x0_5 (EMA weights): top-1" in capsys.readouterr().out

@@ -346,3 +346,25 @@ def test_tags_choose_the_architecture_variant(capsys):
     assert cli_main(["list", "--pretrained", "shufflenet_v2_x1_5*"]) == 0
     out = capsys.readouterr().out
     assert "shufflenet_v2_x1_5.tv_in1k" in out and "72.996" in out
+
+
+@pytest.mark.parametrize("with_ema", [True, False])
+def test_a_training_state_loads_as_its_ema_weights_else_its_model(tmp_path, with_ema):
+    """`shufflenet train`'s last.pt/best.pt (model, optimizer, EMA, position, recipe...): its EMA, which
+    best.pt was chosen by and model.safetensors holds, or the model's weights in a run without one."""
+    from shufflenet.engine.builders import build_ema
+    from shufflenet.engine.config import load_config
+
+    config = load_config(None, ["model.name=shufflenet_v2_x0_5", "model.num_classes=3", "train.ema_decay=0.5"])
+    model = randomize_bn(shufflenet.get_model("shufflenet_v2_x0_5", num_classes=3))
+    ema = build_ema(model, config.train)
+    ema.update_parameters(model)
+    for parameter in model.parameters():  # the model moves on from its average
+        parameter.data.add_(1.0)
+    state = {"model": model.state_dict(), "ema": ema.state_dict() if with_ema else None, "position": {"epoch": 1},
+             "config": config.to_dict(), "class_names": ["a", "b", "c"]}
+    torch.save(state, tmp_path / "best.pt")
+    loaded = load_model(str(tmp_path / "best.pt"))  # as `predict` and `convert` load it
+    expected = (ema.module if with_ema else model).state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in loaded.state_dict().items())
+    assert loaded.class_names == ("a", "b", "c") and loaded.source["weights"] == ("ema" if with_ema else "model")

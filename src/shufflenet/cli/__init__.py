@@ -2,7 +2,8 @@
 
 Each module in ``COMMAND_MODULES`` has ``register(subparsers)``, which adds its sub-commands and
 sets ``func`` (a function taking the parsed arguments and returning the exit status).
-Errors a user can cause raise ``UserError``: printed as one line, exit status 2, no traceback.
+Errors a user can cause raise ``UserError``: printed as one line, no traceback, exit status its
+``exit_code`` (2; a diverged run 3, a run stopped by a signal 128 + its number).
 """
 
 from __future__ import annotations
@@ -10,10 +11,23 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 
 from ..errors import UserError
 
 COMMAND_MODULES = ("zoo", "convert", "engine", "deploy", "demo")  # the order of `shufflenet --help`
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer no smaller than ``minimum`` (argparse reports the rest as usage errors)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in "invalid int value: 'x'"
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:

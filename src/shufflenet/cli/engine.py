@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from . import int_at_least
 from .table import format_table
 
 
@@ -22,12 +23,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--work-dir", help="output folder (default runs/<config name>)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
                    help="continue from CKPT, or from WORK_DIR/checkpoints/last.pt when given alone (fresh start if none)")
+    p.add_argument("--force", action="store_true",
+                   help="start afresh even if WORK_DIR holds a run (its checkpoints, metrics and weights are overwritten)")
     p.add_argument("--pretrained", metavar="PATH|TAG",
                    help="start from these weights (the classifier is re-initialised when model.num_classes differs from theirs)")
-    p.add_argument("--num-classes", type=int, help="classifier outputs (model.num_classes)")
+    p.add_argument("--num-classes", type=int_at_least(1), help="classifier outputs (model.num_classes)")
     p.add_argument("--data", metavar="DIR", help="a folder holding train/ and val/ (data.root)")
-    p.add_argument("--epochs", type=int, help="schedule.epochs")
-    p.add_argument("--batch-size", type=int, help="images per process and step (train.batch_size)")
+    p.add_argument("--epochs", type=int_at_least(1), help="schedule.epochs")
+    p.add_argument("--batch-size", type=int_at_least(1), help="images per process and step (train.batch_size)")
     p.add_argument("--lr", type=float, help="optim.lr (at optim.base_batch_size when that is set)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (train.device)")
     p.add_argument("--strict-data", action="store_true", help="stop at an unreadable image instead of skipping it")
@@ -42,8 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("source", metavar="CONFIG|MODEL", help="the training recipe, or a model name")
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     p.add_argument("--data", metavar="DIR", help="labelled images: DIR/val, or DIR itself when it holds the classes")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int_at_least(1), default=100)
+    p.add_argument("--workers", type=int_at_least(0), default=2, help="data-loading processes (0: in the main process)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", metavar="DIR", help="where confusion.png goes (default: next to the checkpoint)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
@@ -74,7 +77,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, [*args.overrides, *flag_overrides(args)])
     work_dir = Path(args.work_dir or Path("runs") / Path(args.config).stem)
-    summary = train(config, work_dir, resume=args.resume)
+    summary = train(config, work_dir, resume=args.resume, force=args.force)
     if summary.get("final_top1") is not None:
         print(f"done: top-1 {summary['final_top1']:.2f}%  top-5 {summary['final_top5']:.2f}%  (best {summary['best_top1']:.2f}%)"
               f"  weights: {work_dir / 'model.safetensors'}")
@@ -89,7 +92,8 @@ def run_test(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "confusion"}))
         return 0
-    print(f"{result['model']}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  on {result['images']} images"
+    weights = " (EMA weights)" if result["weights"] == "ema" else ""
+    print(f"{result['model']}{weights}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  on {result['images']} images"
           f"  ({result['images_per_s']:.0f} img/s, {result['skipped_images']} skipped)")
     rows = [[name, acc] for name, acc in zip(result["class_names"], result["per_class"])]
     print(format_table(["class", "top-1 %"], rows))

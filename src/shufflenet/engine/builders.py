@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -49,11 +50,23 @@ def build_datasets(data: DataConfig) -> tuple[ImageDataset, ImageDataset]:
     train_set = ImageDataset.from_path(train_path, train_steps)
     if data.train_per_class is not None:
         train_set = train_set.first_per_class(data.train_per_class)
-    val_set = eval_dataset(val_path, preprocessing(data))
+    val_set = relabel(eval_dataset(val_path, preprocessing(data)), train_set.classes, val_path, "the training data's")
     if data.cache_decoded:
         for dataset in (train_set, val_set):
             dataset.cache_decoded(CACHE_DIR)
     return train_set, val_set
+
+
+def relabel(dataset: ImageDataset, classes: Sequence[str], path: Path, whose: str) -> ImageDataset:
+    """``dataset`` with ``classes`` and each label the index of its class name there: a folder holding
+    only some of the classes numbers them from 0 itself, so its own labels would name other classes."""
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = [name for name in dataset.classes if name not in index]
+    if unknown:
+        shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
+        raise UserError(f"{path}: {len(unknown)} class(es) not among {whose} {len(classes)} classes ({shown}): {', '.join(unknown[:10])}")
+    labels = [index[name] for name in dataset.classes]
+    return ImageDataset([(file, labels[label]) for file, label in dataset.samples], list(classes), dataset.transform)
 
 
 def device_augment(data: DataConfig) -> BatchAugment | None:

@@ -15,8 +15,11 @@ import shutil
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..errors import UserError
+from . import builders
+from .config import from_dict
 
 
 def save_atomic(state: dict, path: Path) -> None:
@@ -42,6 +45,29 @@ def load_training_state(path: Path) -> dict:
     if not isinstance(state, dict) or "model" not in state or "position" not in state:
         raise UserError(f"{path}: not a training-state checkpoint of `shufflenet train` (no model/position)")
     return state
+
+
+def training_weights(state: dict) -> tuple[dict[str, torch.Tensor], str]:
+    """The weights a training state stands for, and which they are: the EMA's when the run kept one
+    (``best.pt`` is chosen by the EMA's accuracy and ``model.safetensors`` holds the EMA), else the model's."""
+    ema = state.get("ema")
+    if ema is None:
+        return state["model"], "model"
+    # an AveragedModel's state dict: the averaged module's under "module.", and its update count
+    return {k.removeprefix("module."): v for k, v in ema.items() if k != "n_averaged"}, "ema"
+
+
+def model_from_training_state(state: dict, path: Path) -> nn.Module:
+    """The network of a training state (eval mode), as ``model.safetensors`` would hold it: its
+    ``training_weights``, in torchvision's channel order, with class names, preprocessing and source."""
+    config = from_dict(state["config"])  # the run's own model settings: the weights fit no other
+    model = builders.build_training_model(config, state.get("class_names"), from_checkpoint=True)
+    weights, kind = training_weights(state)
+    model.load_state_dict(weights)
+    model = builders.routed(model, "shuffle")
+    model.preprocessing = builders.preprocessing(config.data)
+    model.source = {"format": "shufflenet train", "file": path.name, "weights": kind}
+    return model.eval()
 
 
 def rng_state() -> dict:

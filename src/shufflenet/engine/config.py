@@ -125,6 +125,27 @@ class Config:
         return dataclasses.asdict(self)
 
 
+# the smallest value of each count: below it the loop divides by zero, loads nothing or never logs
+MINIMUMS = {
+    "model.num_classes": 1,
+    "data.train_per_class": 1,
+    "data.num_workers": 0,
+    "data.augment.crop_size": 1,
+    "data.augment.padding": 0,
+    "data.augment.repeats": 1,
+    "data.eval.resize_size": 1,
+    "data.eval.crop_size": 1,
+    "schedule.epochs": 1,
+    "schedule.warmup_epochs": 0,
+    "train.batch_size": 1,
+    "train.grad_accum_steps": 1,
+    "train.bn_recalibration_batches": 0,
+    "train.checkpoint_every_steps": 0,
+    "train.log_every_steps": 1,
+    "train.eval_every_epochs": 1,
+}
+
+
 # -- loading -----------------------------------------------------------------------------------
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads ``1e-4`` (no dot) as a string; a recipe means the number."""
@@ -202,7 +223,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         if dataclasses.is_dataclass(hint):
             values[key] = _build(hint, value, f"{prefix}{key}.")
         else:
-            values[key] = _check(value, hint, f"{prefix}{key}")
+            values[key] = _check_minimum(_check(value, hint, f"{prefix}{key}"), f"{prefix}{key}")
     return cls(**values)
 
 
@@ -232,6 +253,13 @@ def _check(value: Any, hint: Any, key: str) -> Any:
     if hint in (int, str, bool, dict) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
     raise UserError(f"config key {key}: expected {_describe(hint)}, got {value!r}")
+
+
+def _check_minimum(value: Any, key: str) -> Any:
+    minimum = MINIMUMS.get(key)
+    if minimum is not None and value is not None and value < minimum:
+        raise UserError(f"config key {key}: must be at least {minimum}, got {value!r}")
+    return value
 
 
 def _describe(hint: Any) -> str:

@@ -50,7 +50,8 @@ def evaluate(
             continue
         labels = labels.to(device)
         with autocast(device, amp):
-            logits = model(to_input(images, normalize, device, channels_last)).float()
+            # .to: an ONNX runtime gives its logits on the CPU whatever device the labels are on
+            logits = model(to_input(images, normalize, device, channels_last)).float().to(device)
         totals[0] += nn.functional.cross_entropy(logits, labels, reduction="sum")
         top5 = logits.topk(min(5, num_classes), dim=1).indices
         totals[1] += (top5 == labels[:, None]).any(1).sum()

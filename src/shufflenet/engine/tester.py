@@ -8,10 +8,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..data.datasets import ImageDataset
 from ..data.preprocess import Preprocessing
 from ..errors import UserError
 from . import builders
-from .checkpoint import load_training_state
+from .checkpoint import load_training_state, model_from_training_state
 from .config import Config, from_dict, load_config
 from .distributed import init_runtime, shutdown
 from .evaluate import evaluate
@@ -34,7 +35,9 @@ def test(
     config = load_config(source) if source.endswith((".yaml", ".yml")) else None
     model, config = load_model(checkpoint, source, config)
     prep: Preprocessing = model.preprocessing
-    dataset = builders.eval_dataset(_data_path(data, config), prep)
+    path = _data_path(data, config)
+    folder = builders.eval_dataset(path, prep)
+    dataset = _labelled_as_the_model(folder, model, path)
     num_classes = _output_classes(model, prep)
     if len(dataset.classes) > num_classes:
         raise UserError(f"the data has {len(dataset.classes)} classes but the model only {num_classes} outputs")
@@ -47,20 +50,20 @@ def test(
         result = evaluate(model, loader, num_classes, builders.normalizer(prep, runtime.device), runtime, on_corrupt=reporter)
     finally:
         shutdown()
-    class_names = list(dataset.classes)
-    result["per_class"] = result["per_class"][: len(class_names)]
+    result = _for_the_folder_classes(result, folder.classes, dataset.classes)
     png = Path(out or checkpoint.parent) / "confusion.png"
     png.parent.mkdir(parents=True, exist_ok=True)
     from .plots import plot_confusion
 
-    plot_confusion([row[: len(class_names)] for row in result["confusion"][: len(class_names)]], class_names, png)
-    return {"model": getattr(model, "model_name", source), "checkpoint": str(checkpoint), **result,
-            "class_names": class_names, "confusion_png": str(png)}
+    plot_confusion(result["confusion"], result["class_names"], png)
+    weights = (getattr(model, "source", None) or {}).get("weights")  # "ema" or "model" for a training state
+    return {"model": getattr(model, "model_name", source), "checkpoint": str(checkpoint), "weights": weights, **result,
+            "confusion_png": str(png)}
 
 
 def load_model(checkpoint: Path, source: str, config: Config | None) -> tuple[nn.Module | Callable, Config | None]:
-    """A training-state file of ``shufflenet train``, an ONNX export, or any weights file
-    ``shufflenet.weights`` reads; modules come back in eval mode."""
+    """A training-state file of ``shufflenet train`` (its EMA weights when it has them), an ONNX
+    export, or any weights file ``shufflenet.weights`` reads; modules come back in eval mode."""
     if not checkpoint.is_file():
         raise UserError(f"checkpoint not found: {checkpoint}")
     if checkpoint.suffix.lower() == ".onnx":
@@ -69,16 +72,30 @@ def load_model(checkpoint: Path, source: str, config: Config | None) -> tuple[nn
         return load_runtime(checkpoint, backend="onnxruntime"), config
     state = _training_state(checkpoint) if checkpoint.suffix in (".pt", ".pth") else None
     if state is not None:
-        config = config or from_dict(state["config"])
-        model = builders.build_training_model(config, state.get("class_names"), from_checkpoint=True)
-        model.load_state_dict(state["model"])
-        model.preprocessing = builders.preprocessing(config.data)
-        return model.eval(), config
+        return model_from_training_state(state, checkpoint), config or from_dict(state["config"])
     from .. import models
     from ..weights import load_checkpoint
 
     spec = models.get_spec(config.model.name if config else source)
     return load_checkpoint(checkpoint, spec=spec).eval(), config
+
+
+def _labelled_as_the_model(dataset: ImageDataset, model: nn.Module | Callable, path: Path) -> ImageDataset:
+    """Labels are the model's class indices, found by name: a folder may hold only some of its classes.
+    Folders named otherwise than the model's classes (ImageNet's synset ids, its category names) keep their order."""
+    names = getattr(model, "class_names", None)
+    if not names or not set(dataset.classes) & set(names):
+        return dataset
+    return builders.relabel(dataset, names, path, "the model's")
+
+
+def _for_the_folder_classes(result: dict, folder_classes: list[str], classes: list[str]) -> dict:
+    """Per-class accuracy and the confusion matrix for the classes the folder holds, by name."""
+    index = {name: i for i, name in enumerate(classes)}
+    kept = [index[name] for name in folder_classes]
+    confusion = [[result["confusion"][row][column] for column in kept] for row in kept]
+    per_class = [result["per_class"][i] for i in kept]
+    return {**result, "per_class": per_class, "confusion": confusion, "class_names": list(folder_classes)}
 
 
 def _output_classes(model: nn.Module | Callable, prep: Preprocessing) -> int:

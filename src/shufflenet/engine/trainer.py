@@ -50,12 +50,16 @@ class Position:
     global_step: int = 0
 
 
-def train(config: Config, work_dir: str | Path, resume: str | Path | bool = False) -> dict:
-    """Train ``config``; ``resume=True`` continues from ``work_dir/checkpoints/last.pt`` if present."""
+def train(config: Config, work_dir: str | Path, resume: str | Path | bool = False, force: bool = False) -> dict:
+    """Train ``config``; ``resume=True`` continues from ``work_dir/checkpoints/last.pt`` if present.
+    A fresh start into a work dir that holds a run needs ``force`` (it overwrites that run)."""
+    work_dir = Path(work_dir)
+    if not resume and not force:
+        _refuse_to_overwrite(work_dir)
     runtime = init_runtime(config.train.device)
     try:
         with StopRequest() as stop:
-            return _train(config, Path(work_dir), resume, runtime, stop)
+            return _train(config, work_dir, resume, runtime, stop)
     finally:
         shutdown()
 
@@ -66,9 +70,6 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
     if tc.amp == "fp16" and device.type != "cuda":
         raise UserError("train.amp=fp16 needs a CUDA device; use bf16 on CPU")
     checkpoints = work_dir / "checkpoints"
-    if runtime.is_main:
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        save_config(config, work_dir / "config.yaml")
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
 
@@ -118,6 +119,9 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
         position, history, best_top1 = Position(**state["position"]), state["history"], state["best_top1"]
         restore_rng_state(state["rng"])
         _say(runtime, f"resumed from {resume_path} at epoch {position.epoch + 1}, step {position.global_step}")
+    if runtime.is_main:  # only now that the setup holds: a recipe that fails leaves nothing behind
+        work_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, work_dir / "config.yaml")
 
     def diverged(what: str) -> TrainingDiverged:
         last = checkpoints / "last.pt"
@@ -286,6 +290,13 @@ def _check_same_model(state: dict, config: Config, path: Path) -> None:
         keys = sorted(trained.keys() | current.keys())
         changed = ", ".join(f"{k}: {trained.get(k)!r} -> {current.get(k)!r}" for k in keys if trained.get(k) != current.get(k))
         raise UserError(f"{path} was trained with other model settings ({changed}); resume with the recipe it was trained with")
+
+
+def _refuse_to_overwrite(work_dir: Path) -> None:
+    found = [name for name in ("checkpoints/last.pt", "model.safetensors") if (work_dir / name).is_file()]
+    if found:
+        raise UserError(f"{work_dir} already holds a run ({', '.join(found)}); pass --resume to continue it, "
+                        "--force to start afresh and overwrite it, or another --work-dir")
 
 
 def _resume_path(resume: str | Path | bool, checkpoints: Path) -> Path | None:

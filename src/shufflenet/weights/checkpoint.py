@@ -124,12 +124,22 @@ def load_checkpoint(
 ) -> nn.Module:
     """Build the model a checkpoint file holds and load it (eval mode, metadata set)."""
     raw = read_file(path)
+    if raw.training_state is not None:
+        raw = _from_training_state(raw.training_state, Path(path))
     fmt = detect_format(raw) if source_format == "auto" else source_format
     if fmt == "ours" or (fmt == "state_dict" and raw.metadata):
         model = _load_ours(raw, path, spec, model_kwargs)
     else:
         model = _load_foreign(raw, fmt, path, spec, model_kwargs)
     return model.eval()
+
+
+def _from_training_state(state: dict, path: Path) -> RawCheckpoint:
+    """A `shufflenet train` checkpoint as the run's model.safetensors holds it (EMA weights when it has them)."""
+    from ..engine.checkpoint import model_from_training_state  # the engine builds what its recipes describe
+
+    tensors, metadata = _contents(model_from_training_state(state, path))
+    return RawCheckpoint(tensors, "torch", metadata)
 
 
 def _load_foreign(raw: RawCheckpoint, fmt: str, path: str | Path, spec: ModelSpec | None, model_kwargs: dict) -> nn.Module:
@@ -196,10 +206,8 @@ def _umask() -> int:
     return mask
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, extra_metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` in our safetensors format (atomically: a failed write leaves no file)."""
-    from safetensors.torch import save_file
-
+def _contents(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata our file holds for ``model``."""
     name = getattr(model, "model_name", None)
     if not name:
         raise CheckpointError("the model has no model_name; build it with shufflenet.get_model")
@@ -219,6 +227,14 @@ def save_checkpoint(model: nn.Module, path: str | Path, extra_metadata: dict[str
         "source": json.dumps(getattr(model, "source", None)),
         **({"class_names": json.dumps(list(class_names))} if class_names else {}),
     }
+    return state, metadata
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, extra_metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` in our safetensors format (atomically: a failed write leaves no file)."""
+    from safetensors.torch import save_file
+
+    state, metadata = _contents(model)
     for key, value in (extra_metadata or {}).items():
         if key in RESERVED:
             raise ValueError(f"extra_metadata may not override {key!r}")

@@ -44,6 +44,7 @@ class RawCheckpoint:
     container: str  # "torch", "safetensors", "mindspore" or "pickle"
     metadata: dict[str, str] = field(default_factory=dict)
     wrapped: bool = False  # the file was a dict with a "state_dict" entry (mmpretrain, Megvii)
+    training_state: dict | None = None  # the file is a `shufflenet train` checkpoint (last.pt, best.pt), held whole
 
 
 # -- reading files ---------------------------------------------------------------------------------
@@ -69,6 +70,8 @@ def read_file(path: str | Path) -> RawCheckpoint:
 
 
 def _unwrap(obj: object, path: Path, container: str) -> RawCheckpoint:
+    if isinstance(obj, dict) and "model" in obj and "position" in obj:  # its weights need the run's recipe to build
+        return RawCheckpoint({}, container, training_state=obj)
     wrapped = isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict)
     state = obj["state_dict"] if wrapped else obj
     if not isinstance(state, dict) or not state:
