@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .deploy import positive_int
+from . import int_at_least
 from .table import format_table
 
 DEFAULT_CONFIG = "configs/cifar10/shufflenet_v2_x0_5_quick.yaml"
@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"training recipe (default {DEFAULT_CONFIG})")
     p.add_argument("--data", default=DEFAULT_DATA, help=f"folder with train/ and val/ (default {DEFAULT_DATA})")
     p.add_argument("--work-dir", default="runs/demo", help="where everything goes (default runs/demo)")
-    p.add_argument("--epochs", type=positive_int, help="override the recipe's epochs (at least 1)")
+    p.add_argument("--epochs", type=int_at_least(1), help="override the recipe's epochs (at least 1)")
     p.set_defaults(func=run_demo)
 
 
@@ -50,7 +50,7 @@ def run_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
 
     _step(1, f"train {config.model.name} on {args.data} for {config.schedule.epochs} epochs")
-    train(config, out / "train")
+    train(config, out / "train", force=True)  # the demo's own scratch folder: each run starts afresh
     weights = out / "train" / "model.safetensors"
 
     _step(2, "evaluate on the validation images")

@@ -20,7 +20,10 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..files import atomic_destination, check_output
+from . import int_at_least
 from .table import format_table
+
+positive_int = int_at_least(1)
 
 BACKEND_HELP = (
     "fast (default: exact rewrite on OpenVINO/ONNX Runtime, see docs/benchmarks.md), torch, onnxruntime or "
@@ -32,13 +35,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _register_predict(subparsers)
     _register_export(subparsers)
     _register_bench(subparsers)
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def int_list(text: str) -> tuple[int, ...]:
