@@ -166,12 +166,15 @@ def test_predict_cli_reports_bad_files_and_goes_on(checkpoint, odd_dir, tmp_path
     assert "Traceback" not in captured.err
 
 
-@pytest.mark.parametrize("argv", [["no_such_model", "x.jpg"], ["{ckpt}", "x.jpg", "--topk", "0"], ["{ckpt}", "x.jpg", "--backend", "tvm"]])
-def test_predict_cli_usage_errors_exit_2(checkpoint, odd_dir, argv):
+@pytest.mark.parametrize("argv", [["no_such_model", "x.jpg"], ["{ckpt}", "x.jpg", "--topk", "0"], ["{ckpt}", "x.jpg", "--backend", "tvm"],
+                                  ["{ckpt}", "x.jpg", "--device", "tpu9"],
+                                  pytest.param(["{ckpt}", "x.jpg", "--device", "cuda:0", "--backend", "torch"], id="no-cuda",
+                                               marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is there"))])
+def test_predict_cli_usage_errors_exit_2(checkpoint, odd_dir, argv, capsys):
     argv = [a.format(ckpt=checkpoint) for a in argv]
     argv[1] = str(odd_dir / "gray.png")
     try:
         status = main(["predict", *argv])
     except SystemExit as exit_:  # argparse rejects bad option values itself
         status = exit_.code
-    assert status == 2
+    assert status == 2 and "Traceback" not in capsys.readouterr().err

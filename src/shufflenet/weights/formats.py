@@ -43,7 +43,6 @@ class RawCheckpoint:
     tensors: dict[str, torch.Tensor]
     container: str  # "torch", "safetensors", "mindspore" or "pickle"
     metadata: dict[str, str] = field(default_factory=dict)
-    wrapped: bool = False  # the file was a dict with a "state_dict" entry (mmpretrain, Megvii)
     training_state: dict | None = None  # the file is a `shufflenet train` checkpoint (last.pt, best.pt), held whole
 
 
@@ -72,14 +71,13 @@ def read_file(path: str | Path) -> RawCheckpoint:
 def _unwrap(obj: object, path: Path, container: str) -> RawCheckpoint:
     if isinstance(obj, dict) and "model" in obj and "position" in obj:  # its weights need the run's recipe to build
         return RawCheckpoint({}, container, training_state=obj)
-    wrapped = isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict)
-    state = obj["state_dict"] if wrapped else obj
+    state = obj["state_dict"] if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) else obj  # mmpretrain, Megvii
     if not isinstance(state, dict) or not state:
         raise CheckpointError(f"{path}: holds no state dict (found {type(state).__name__})")
     tensors = {k: torch.as_tensor(v) for k, v in state.items() if isinstance(v, (torch.Tensor, np.ndarray))}
     if not tensors:
         raise CheckpointError(f"{path}: the state dict holds no tensors")
-    return RawCheckpoint(tensors, container, wrapped=wrapped)
+    return RawCheckpoint(tensors, container)
 
 
 def _read_torch(path: Path) -> RawCheckpoint:
