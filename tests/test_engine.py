@@ -458,6 +458,11 @@ def test_a_fresh_run_into_a_finished_one_is_refused_unless_forced(tiny, tmp_path
     assert f"{work} already holds a run (checkpoints/last.pt, model.safetensors); pass --resume" in err and "--force" in err
     assert {name: (work / name).read_bytes() for name in RUN_FILES} == before
 
+    (work / "checkpoints" / "last.pt").unlink()  # only the final weights left: --resume has nothing to continue
+    assert cli(*args, "--resume") == 2
+    assert "holds a run (model.safetensors); it has no checkpoint to resume" in capsys.readouterr().err
+    assert (work / "model.safetensors").read_bytes() == before["model.safetensors"]
+
     assert cli(*args, "--set", "optim.lr=0.01", "--force") == 0
     assert "lr: 0.01" in (work / "config.yaml").read_text()
     assert (work / "model.safetensors").read_bytes() != before["model.safetensors"]

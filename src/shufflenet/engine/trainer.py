@@ -52,9 +52,10 @@ class Position:
 
 def train(config: Config, work_dir: str | Path, resume: str | Path | bool = False, force: bool = False) -> dict:
     """Train ``config``; ``resume=True`` continues from ``work_dir/checkpoints/last.pt`` if present.
-    A fresh start into a work dir that holds a run needs ``force`` (it overwrites that run)."""
+    A fresh start into a work dir that holds a run needs ``force`` (it overwrites that run), also
+    under ``resume=True`` when the run left no checkpoint to continue from."""
     work_dir = Path(work_dir)
-    if not resume and not force:
+    if not force and _resume_path(resume, work_dir / "checkpoints") is None:
         _refuse_to_overwrite(work_dir)
     runtime = init_runtime(config.train.device)
     try:
@@ -295,8 +296,9 @@ def _check_same_model(state: dict, config: Config, path: Path) -> None:
 def _refuse_to_overwrite(work_dir: Path) -> None:
     found = [name for name in ("checkpoints/last.pt", "model.safetensors") if (work_dir / name).is_file()]
     if found:
-        raise UserError(f"{work_dir} already holds a run ({', '.join(found)}); pass --resume to continue it, "
-                        "--force to start afresh and overwrite it, or another --work-dir")
+        resumable = "pass --resume to continue it, " if "checkpoints/last.pt" in found else "it has no checkpoint to resume; "
+        raise UserError(f"{work_dir} already holds a run ({', '.join(found)}); {resumable}"
+                        "pass --force to start afresh and overwrite it, or another --work-dir")
 
 
 def _resume_path(resume: str | Path | bool, checkpoints: Path) -> Path | None:
