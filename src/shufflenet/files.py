@@ -19,9 +19,16 @@ def atomic_destination(path: str | Path) -> Iterator[Path]:
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         yield temporary
+        os.chmod(temporary, 0o666 & ~_umask())  # a normal file's mode, whatever the writer chose (safetensors: 0600)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it
+    os.umask(mask)
+    return mask
 
 
 def check_output(output: Path, force: bool, source: str | Path | None = None) -> Path:

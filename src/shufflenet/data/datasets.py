@@ -26,6 +26,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from ..errors import UserError
+from ..files import atomic_destination
 
 # The one list of image suffixes: datasets, predict's directory search and INT8 calibration.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -122,10 +123,8 @@ class ImageDataset(Dataset):
         blank = torch.zeros(shapes.pop(), dtype=torch.uint8)
         self.decoded = torch.stack([blank if im is None else im for im in images])
         self.unreadable = unreadable
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"images": self.decoded, "unreadable": list(unreadable.items())}, temporary)
-        os.replace(temporary, cache)
+        with atomic_destination(cache) as partial:
+            torch.save({"images": self.decoded, "unreadable": list(unreadable.items())}, partial)
 
     def _fingerprint(self) -> str:
         digest = hashlib.sha256(b"to_rgb")  # caches written before decoding matched predict's are not reused

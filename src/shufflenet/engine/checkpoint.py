@@ -9,7 +9,6 @@ any moment leaves either the old or the new checkpoint, never a torn one.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from pathlib import Path
@@ -18,21 +17,19 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..files import atomic_destination
 from . import builders
 from .config import from_dict
 
 
 def save_atomic(state: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    with atomic_destination(path) as partial:
+        torch.save(state, partial)
 
 
 def copy_atomic(source: Path, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    shutil.copyfile(source, temporary)
-    os.replace(temporary, path)
+    with atomic_destination(path) as partial:
+        shutil.copyfile(source, partial)
 
 
 def load_training_state(path: Path) -> dict:

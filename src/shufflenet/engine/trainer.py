@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..errors import UserError
+from ..files import atomic_destination
 from . import builders
 from .checkpoint import copy_atomic, load_training_state, restore_rng_state, rng_state, save_atomic
 from .config import Config, save_config
@@ -374,9 +375,8 @@ class MetricsLog:
         if not self.enabled:
             return
         path = self.work_dir / "metrics.jsonl"
-        temporary = path.with_name(".metrics.jsonl.tmp")
-        temporary.write_text("".join(json.dumps(row) + "\n" for row in history))
-        temporary.replace(path)
+        with atomic_destination(path) as partial:
+            partial.write_text("".join(json.dumps(row) + "\n" for row in history))
         if self.board is not None:
             row = history[-1]
             for key, value in row.items():

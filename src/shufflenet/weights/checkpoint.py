@@ -10,8 +10,6 @@ where the weights came from). Extra metadata passed to ``save_checkpoint`` is st
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import torch
 from torch import nn
 
 from ..data.preprocess import IMAGENET, Preprocessing
+from ..files import atomic_destination
 from ..models import layers
 from ..models.registry import ModelSpec, get_spec, list_models
 from .formats import FORMATS, V1, CheckpointError, RawCheckpoint, detect_format, family_of, read_file
@@ -200,12 +199,6 @@ def variant_kwargs(model: nn.Module) -> dict[str, Any]:
     return kwargs
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _contents(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and metadata our file holds for ``model``."""
     name = getattr(model, "model_name", None)
@@ -240,14 +233,6 @@ def save_checkpoint(model: nn.Module, path: str | Path, extra_metadata: dict[str
             raise ValueError(f"extra_metadata may not override {key!r}")
         metadata[key] = value if isinstance(value, str) else json.dumps(value)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private; the result gets a normal file's mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_destination(path) as partial:
+        save_file(state, partial, metadata=metadata)
     return path
