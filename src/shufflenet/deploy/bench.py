@@ -17,11 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..engine.distributed import resolve_device
 from ..errors import UserError
 from .export import example_input, export_onnx
 from .fastpath import fast_engine, optimize
 from .quantize import quantize_onnx
-from .runtimes import default_device, load_runtime, openvino_runner, ort_runner
+from .runtimes import load_runtime, openvino_runner, ort_runner
 
 VARIANTS = ("fast", "eager", "fused", "compile", "onnxruntime", "openvino", "int8")
 Call = Callable[[], object]
@@ -159,7 +160,7 @@ def benchmark(
     # Randomly initialised weights drive activations into denormal floats, which x86 handles
     # ~20x slower; trained weights do not. Flushing them to zero measures the real speed.
     torch.set_flush_denormal(True)
-    target = default_device(device)
+    target = resolve_device(device)
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         factory = VariantFactory(model, target, threads, cuda_graphs, Path(workdir))

@@ -62,10 +62,6 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         raise UserError(f"{path}: not a valid ONNX model ({error})") from None
 
 
-def default_device(device: str | None) -> torch.device:
-    return resolve_device(device or "auto")
-
-
 def load_runtime(
     source: str | Path | nn.Module,
     backend: str = "torch",
@@ -97,7 +93,7 @@ def load_runtime(
 
 
 def fast_runtime(source: str | Path | nn.Module, device: str | None = None, threads: int | None = None) -> Runtime:
-    target, engine = default_device(device), fastpath.fast_engine()
+    target, engine = resolve_device(device), fastpath.fast_engine()
     if is_onnx_file(source):  # run as it is (an INT8 file, for instance)
         if engine == "torch":
             raise UserError("backend fast: an .onnx file needs OpenVINO or ONNX Runtime")
@@ -123,7 +119,7 @@ def model_runtime(run: Callable[[torch.Tensor], torch.Tensor], backend: str, mod
 def torch_runtime(model: nn.Module, device: str | None = None, threads: int | None = None) -> Runtime:
     if threads:
         torch.set_num_threads(threads)
-    target = default_device(device)
+    target = resolve_device(device)
     model = model.to(target).eval()
 
     @torch.inference_mode()

@@ -43,8 +43,9 @@ def init_runtime(device: str = "auto") -> Runtime:
     return Runtime(rank, world_size, chosen)
 
 
-def resolve_device(device: str, local_rank: int | None = None) -> torch.device:
-    if device == "auto":
+def resolve_device(device: str | None, local_rank: int | None = None) -> torch.device:
+    """``auto`` (or None): CUDA when available, else the CPU."""
+    if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         chosen = torch.device(device)
