@@ -23,9 +23,13 @@ def test_matches_definition(batch, channels, groups):
     torch.testing.assert_close(channel_shuffle(x, groups), shuffle_by_definition(x, groups), rtol=0, atol=0)
 
 
-def test_channels_last_input():
-    x = torch.randn(2, 24, 6, 6).to(memory_format=torch.channels_last)
-    torch.testing.assert_close(channel_shuffle(x, 3), shuffle_by_definition(x.contiguous(), 3), rtol=0, atol=0)
+@pytest.mark.parametrize("scripted", [False, True], ids=["eager", "torchscript"])
+def test_channels_last_stays_channels_last(scripted):
+    shuffle = torch.jit.script(channel_shuffle) if scripted else channel_shuffle
+    x = torch.randn(2, 24, 6, 5).to(memory_format=torch.channels_last)
+    out = shuffle(x, 3)
+    torch.testing.assert_close(out, shuffle_by_definition(x.contiguous(), 3), rtol=0, atol=0)
+    assert out.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_is_a_permutation_inverted_by_the_transposed_shuffle():
@@ -55,6 +59,7 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(compiled(x, 3), shuffle_by_definition(x, 3), rtol=0, atol=0)
 
 
-def test_indivisible_channels_error():
-    with pytest.raises(ValueError, match="10 channels cannot be split into 3 groups"):
-        channel_shuffle(torch.randn(1, 10, 2, 2), 3)
+@pytest.mark.parametrize("groups", [3, 0, -2])
+def test_bad_groups_error(groups):
+    with pytest.raises(ValueError, match=f"10 channels cannot be split into {groups} groups"):
+        channel_shuffle(torch.randn(1, 10, 2, 2), groups)

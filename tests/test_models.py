@@ -1,6 +1,8 @@
 """The zoo: every model builds, runs, matches the published sizes and works as a backbone."""
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -220,3 +222,13 @@ def test_torch_hub_lists_the_zoo_and_loads_what_get_model_loads(tmp_path):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(hub(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_cli_output_into_a_closed_pipe_ends_quietly():
+    # `shufflenet list | head -1`: the reader is gone before the listing is written
+    process = subprocess.Popen([sys.executable, "-m", "shufflenet", "list"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 141
+    assert stderr == ""

@@ -3,13 +3,14 @@
 Each module in ``COMMAND_MODULES`` has ``register(subparsers)``, which adds its sub-commands and
 sets ``func`` (a function taking the parsed arguments and returning the exit status).
 Errors a user can cause raise ``UserError``: printed as one line, no traceback, exit status its
-``exit_code`` (2; a diverged run 3, a run stopped by a signal 128 + its number).
+``exit_code`` (2; a diverged run 3, a run stopped by a signal 128 + its number; a closed output pipe 141).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable
 
@@ -51,3 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"shufflenet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`shufflenet list | head -1`): stop quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit cannot fail again
+        return 128 + 13  # SIGPIPE's number, as a shell reports a command killed by it

@@ -12,10 +12,14 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     Written for deployment: it never builds a tensor of rank > 4 (TFLite/CoreML converters reject
     5-D Reshape/Transpose), reads shapes from ``x.shape`` rather than ``x.data`` (which bakes the
     batch size into an ONNX graph) and uses a single -1 per reshape (ONNX Runtime rejects two).
+    A channels_last input stays channels_last (in eager mode), so the next conv needs no layout copy.
     """
     _, channels, height, width = x.shape
-    if channels % groups:
+    if groups < 1 or channels % groups:
         raise ValueError(f"channel_shuffle: {channels} channels cannot be split into {groups} groups")
+    if not torch.jit.is_tracing() and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        nhwc = x.permute(0, 2, 3, 1).reshape(-1, groups, channels // groups)  # views: no copy yet
+        return nhwc.transpose(1, 2).reshape(-1, height, width, channels).permute(0, 3, 1, 2)
     x = x.reshape(-1, groups, channels // groups, height * width)
     return x.transpose(1, 2).reshape(-1, channels, height, width)
 
