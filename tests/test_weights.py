@@ -265,6 +265,12 @@ def test_bad_checkpoints_fail_clearly_with_exit_2(tmp_path, capsys):
     with pytest.raises(UserError, match="malformed or truncated"):
         load_checkpoint(tmp_path / "c.safetensors")
     assert not (tmp_path / "a.safetensors").exists() and not (tmp_path / "b.safetensors").exists()
+    diverged = tv.state_dict()  # a run saved after its loss went NaN (megvii-model/ShuffleNet-Series#4)
+    diverged["conv1.1.running_var"][3] = float("inf")
+    diverged["fc.weight"][0, 0] = float("nan")
+    torch.save(diverged, tmp_path / "nan.pth")
+    assert cli_main(["convert", str(tmp_path / "nan.pth"), "-o", str(tmp_path / "d.safetensors")]) == 2
+    assert "is damaged: tensors with NaN or inf (2): stem.bn.running_var, head.fc.weight" in capsys.readouterr().err
 
 
 def test_cli_convert_then_get_model_with_fine_tuning(tmp_path, capsys, caplog):
