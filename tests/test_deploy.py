@@ -51,6 +51,22 @@ def test_onnx_runtime_matches_pytorch_at_two_batch_sizes(v2, opset, tmp_path):
         assert (runtime(x) - expected).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("name", ["shufflenet_v1_g3_x0_5", "shufflenet_v2_x0_5", "shufflenet_v2_plus_small"])
+def test_dynamic_size_export_runs_any_input_size(name, tmp_path, capsys):
+    model = randomised(name)
+    save_checkpoint(model, tmp_path / "m.safetensors")
+    assert main(["export", str(tmp_path / "m.safetensors"), "--dynamic-batch", "--dynamic-size", "-o", str(tmp_path / "m.onnx")]) == 0
+    assert "dynamic batch, dynamic height/width" in capsys.readouterr().out
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    assert [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim] == ["batch", "", "height", "width"]
+    assert max_tensor_rank(proto) == 4
+    runtime = load_runtime(tmp_path / "m.onnx", "onnxruntime")
+    for shape in ((1, 3, 64, 64), (2, 3, 96, 128), (3, 3, 75, 41)):  # odd sizes: every stride-2 step rounds up
+        x = torch.randn(shape)
+        with torch.no_grad():
+            torch.testing.assert_close(runtime(x), model(x), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     ("name", "kwargs"),
     [("shufflenet_v1_g3_x0_5", {}), ("shufflenet_v1_g8_x0_5", {}), ("shufflenet_v2_x0_5", {}),

@@ -160,6 +160,7 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
         help=f"ONNX opset, {ONNX_OPSETS.start} to {ONNX_OPSETS.stop - 1} (default {DEFAULT_OPSET})",
     )
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX: variable batch size")
+    p.add_argument("--dynamic-size", action="store_true", help="ONNX: variable height and width (detection/segmentation inputs)")
     p.add_argument("--input-size", type=positive_int, help="square input size (default: the model's crop size)")
     p.add_argument("--int8", action="store_true", help="ONNX: static INT8 quantization (QDQ, per-channel weights)")
     p.add_argument("--calib", metavar="DIR", help="calibration images for --int8 (searched recursively)")
@@ -193,7 +194,8 @@ def run_export(args: argparse.Namespace) -> int:
             export_torchscript(model, partial, args.input_size)
         print(f"wrote {output} (TorchScript, BN folded)")
         return 0
-    options = {"opset": args.opset, "dynamic_batch": args.dynamic_batch, "input_size": args.input_size}
+    options = {"opset": args.opset, "dynamic_batch": args.dynamic_batch, "dynamic_size": args.dynamic_size,
+               "input_size": args.input_size}
     with atomic_destination(output) as partial:
         if not args.int8:
             proto = export_onnx(model, partial, **options)
@@ -203,7 +205,7 @@ def run_export(args: argparse.Namespace) -> int:
                 export_onnx(model, fp32, **options)
                 batches = image_batches(calibration, model.preprocessing, batch_size=16 if args.dynamic_batch else 1)
                 proto = quantize_onnx(fp32, partial, batches)
-    batch = "dynamic batch" if args.dynamic_batch else "batch 1"
+    batch = ("dynamic batch" if args.dynamic_batch else "batch 1") + (", dynamic height/width" if args.dynamic_size else "")
     kind = f"INT8 calibrated on {len(calibration)} images" if args.int8 else "fp32"
     print(f"wrote {output} (ONNX opset {args.opset}, {batch}, {kind}, max tensor rank {max_tensor_rank(proto)})")
     return 0

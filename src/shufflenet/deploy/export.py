@@ -2,7 +2,7 @@
 
 The ONNX graph is converter-friendly: ``channel_shuffle`` only builds rank-4 tensors (onnx2tf,
 TFLite and Core ML reject the usual 5-D reshape/transpose), V2's channel split is a ``Slice``,
-and the batch dimension can be dynamic.
+and the batch dimension (and height and width) can be dynamic.
 """
 
 from __future__ import annotations
@@ -64,13 +64,19 @@ def to_onnx(
     opset: int = DEFAULT_OPSET,
     dynamic_batch: bool = False,
     input_size: int | None = None,
+    dynamic_size: bool = False,
 ) -> onnx.ModelProto:
-    """Export ``model`` (BN folded, eval mode) to a checked ONNX model with metadata."""
+    """Export ``model`` (BN folded, eval mode) to a checked ONNX model with metadata. ``dynamic_size``
+    makes height and width symbolic too: every pooling in the zoo is a global mean, so any size runs."""
     if opset not in ONNX_OPSETS:
         raise UserError(f"ONNX opset {opset} is not supported; choose {ONNX_OPSETS.start} to {ONNX_OPSETS.stop - 1}")
     fused = fuse_conv_bn(model).cpu()
     buffer = io.BytesIO()
-    dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    dynamic_axes: dict[str, dict[int, str]] = {INPUT_NAME: {}, OUTPUT_NAME: {}}
+    if dynamic_batch:
+        dynamic_axes[INPUT_NAME][0] = dynamic_axes[OUTPUT_NAME][0] = "batch"
+    if dynamic_size:
+        dynamic_axes[INPUT_NAME].update({2: "height", 3: "width"})
     with warnings.catch_warnings():  # the legacy exporter's deprecation and tracer notes are not the user's concern
         warnings.simplefilter("ignore")
         torch.onnx.export(
