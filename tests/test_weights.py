@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from PIL import Image
 
 import shufflenet
 from helpers import randomize_bn
@@ -141,6 +142,30 @@ def test_megvii_v1_converts_exactly_with_bgr_preprocessing(tmp_path, groups):
         assert max_diff(model(x), megvii_v1_forward(sd, x, groups, shuffle_after_dw=True)) <= TOL
     assert model.model_name == f"shufflenet_v1_g{groups}_x0_5"
     assert model.preprocessing == MEGVII and model.preprocessing.channel_order == "BGR"
+
+
+def megvii_eval_input(image: Image.Image) -> torch.Tensor:
+    """Megvii's evaluation transform (ShuffleNet-Series utils.py): OpencvResize(256), CenterCrop(224), ToBGRTensor."""
+    cv2 = pytest.importorskip("cv2")
+    rgb = np.asarray(image)
+    height, width, _ = rgb.shape
+    size = (int(256 / height * width + 0.5), 256) if height < width else (256, int(256 / width * height + 0.5))
+    bgr = cv2.resize(np.ascontiguousarray(rgb[:, :, ::-1]), size, interpolation=cv2.INTER_LINEAR)
+    cropped = np.asarray(torchvision.transforms.CenterCrop(224)(Image.fromarray(bgr[:, :, ::-1].copy())))
+    return torch.from_numpy(np.ascontiguousarray(cropped[:, :, ::-1].transpose(2, 0, 1))).float()
+
+
+@pytest.mark.parametrize("height,width", [(300, 451), (480, 333)])  # 451 and 333: the long side rounds up, not down
+def test_megvii_preprocessing_matches_its_opencv_evaluation(height, width):
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 256, (height // 15 + 1, width // 15 + 1, 3)), np.ones((15, 15, 1)))[:height, :width]
+    image = Image.fromarray(np.clip(smooth + rng.normal(0, 20, smooth.shape), 0, 255).astype(np.uint8))
+    reference = megvii_eval_input(image)
+    ours = MEGVII.transform()(image)
+    assert ours.shape == reference.shape == (3, 224, 224)
+    assert (ours - reference).abs().max() <= 1  # cv2 interpolates uint8 in fixed point: off by one at most
+    antialiased = dataclasses.replace(MEGVII, resize_backend="torchvision").transform()(image)
+    assert (antialiased - reference).abs().mean() > 2  # what the previous preprocessing fed Megvii's weights
 
 
 def test_megvii_v2_converts_to_megvii_layout(tmp_path):

@@ -24,6 +24,9 @@ class Preprocessing:
     """Resize the short side, centre-crop, scale to [0, 1], normalise, order the channels.
 
     ``mean``/``std`` are in [0, 1] units; Megvii's unnormalised 0-255 input is ``mean=0, std=1/255``.
+    ``resize_backend`` is the resize the weights were evaluated with: ``torchvision`` (antialiased, long
+    side truncated) or ``opencv`` (``cv2.resize`` INTER_LINEAR: no antialiasing, long side rounded half
+    up, as Megvii's ``OpencvResize``).
     """
 
     crop_size: int = 224
@@ -32,10 +35,13 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     channel_order: str = "RGB"
     interpolation: str = "bilinear"
+    resize_backend: str = "torchvision"
 
     def __post_init__(self) -> None:
         if self.channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
+        if self.resize_backend not in ("torchvision", "opencv"):
+            raise ValueError(f"resize_backend must be 'torchvision' or 'opencv', got {self.resize_backend!r}")
 
     def transform(self) -> v2.Compose:
         """A transform from a PIL image or uint8 tensor (C, H, W) to the model's input tensor."""
@@ -44,7 +50,11 @@ class Preprocessing:
     def geometry_steps(self) -> list[nn.Module]:
         """Resize and centre-crop: the part that works on uint8 images, before batching."""
         interpolation = InterpolationMode(self.interpolation)
-        return [v2.Resize(self.resize_size, interpolation=interpolation, antialias=True), v2.CenterCrop(self.crop_size)]
+        if self.resize_backend == "opencv":
+            resize: nn.Module = OpenCVResize(self.resize_size, interpolation)
+        else:
+            resize = v2.Resize(self.resize_size, interpolation=interpolation, antialias=True)
+        return [resize, v2.CenterCrop(self.crop_size)]
 
     def tensor_steps(self) -> list[nn.Module]:
         """The steps after geometry: dtype, normalisation, channel order."""
@@ -65,6 +75,21 @@ class Preprocessing:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
+class OpenCVResize(nn.Module):
+    """Short side to ``size`` as ``cv2.resize`` does it in OpenCV-based evaluation code: no antialiasing,
+    and the long side rounded half up (torchvision truncates it), so the centre crop sees the same pixels."""
+
+    def __init__(self, size: int, interpolation: InterpolationMode) -> None:
+        super().__init__()
+        self.size, self.interpolation = size, interpolation
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        short, long = sorted(image.shape[-2:])
+        long = int(self.size / short * long + 0.5)
+        shape = [self.size, long] if image.shape[-2] < image.shape[-1] else [long, self.size]
+        return v2.functional.resize(image, shape, interpolation=self.interpolation, antialias=False)
+
+
 class FlipChannels(nn.Module):
     """RGB <-> BGR on a (..., 3, H, W) tensor."""
 
@@ -74,7 +99,7 @@ class FlipChannels(nn.Module):
 
 IMAGENET = Preprocessing()
 IMAGENET_RESIZE_232 = Preprocessing(resize_size=232)
-MEGVII = Preprocessing(mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255), channel_order="BGR")
+MEGVII = Preprocessing(mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255), channel_order="BGR", resize_backend="opencv")
 CIFAR10 = Preprocessing(crop_size=32, resize_size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD)
 
 
