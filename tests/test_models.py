@@ -106,17 +106,23 @@ def test_v1_shuffle_orders():
         ShuffleNetV1(3, 0.5, shuffle="inverse")
 
 
-@pytest.mark.parametrize("name,strides", [
-    ("shufflenet_v1_g3_x0_5", (8, 16, 32)),
-    ("shufflenet_v2_x0_5", (8, 16, 32, 32)),
-    ("shufflenet_v2_plus_small", (4, 8, 16, 32, 32)),
+@pytest.mark.parametrize("name,small_input,strides", [
+    ("shufflenet_v1_g3_x0_5", False, (8, 16, 32)),
+    ("shufflenet_v1_g3_x0_5", True, (2, 4, 8)),
+    ("shufflenet_v2_x0_5", False, (8, 16, 32, 32)),
+    ("shufflenet_v2_x0_5", True, (2, 4, 8, 8)),
+    ("shufflenet_v2_plus_small", False, (4, 8, 16, 32, 32)),
+    ("shufflenet_v2_plus_small", True, (2, 4, 8, 16, 16)),
 ])
-def test_extract_feat_strides(name, strides):
-    model = shufflenet.get_model(name).eval()
+def test_extract_feat_strides_and_feature_info(name, small_input, strides):
+    model = shufflenet.get_model(name, small_input=small_input).eval()
     feats = model.extract_feat(torch.randn(1, 3, 96, 128))
     assert tuple(96 // f.shape[2] for f in feats) == strides
     assert tuple(128 // f.shape[3] for f in feats) == strides
     assert feats[-1].shape[1] == model.num_features
+    info = model.feature_info()  # what a neck is built from, before any forward pass
+    assert [(i["num_chs"], i["reduction"]) for i in info] == [(f.shape[1], s) for f, s in zip(feats, strides)]
+    assert [dict(model.named_modules())[i["module"]] for i in info] == model.feature_levels()
 
 
 def test_out_indices_and_small_input():

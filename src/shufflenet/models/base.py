@@ -8,6 +8,7 @@ a plain ``forward`` as in torchvision.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -58,9 +59,10 @@ class ShuffleNetBase(nn.Module):
     head: nn.Module
 
     def _init_backbone_options(
-        self, out_indices: Sequence[int] | None, frozen_stages: int, norm_eval: bool
+        self, level_channels: Sequence[int], out_indices: Sequence[int] | None, frozen_stages: int, norm_eval: bool
     ) -> None:
         levels = len(self.feature_levels())
+        self.level_channels = tuple(level_channels)
         indices = tuple(range(levels)) if out_indices is None else tuple(out_indices)
         for i in indices:
             if not -levels <= i < levels:
@@ -74,6 +76,15 @@ class ShuffleNetBase(nn.Module):
 
     def feature_levels(self) -> list[nn.Module]:
         return [*self.stages] + ([self.conv_last] if self.conv_last is not None else [])
+
+    def feature_info(self) -> list[dict[str, Any]]:
+        """Per feature level, as timm describes it: ``module`` name, ``num_chs`` (channels) and
+        ``reduction`` (stride to the input), so a neck can be built before any forward pass."""
+        stride = self.stem.conv.stride[0] * (2 if isinstance(self.stem_pool, nn.MaxPool2d) else 1)
+        levels = [(f"stages.{i}", stride * 2 ** (i + 1)) for i in range(len(self.stages))]  # each stage halves
+        if self.conv_last is not None:
+            levels.append(("conv_last", levels[-1][1]))  # a 1x1 conv: the last stage's stride
+        return [{"module": m, "num_chs": c, "reduction": r} for (m, r), c in zip(levels, self.level_channels)]
 
     @property
     def num_features(self) -> int:

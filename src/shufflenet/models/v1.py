@@ -124,4 +124,4 @@ class ShuffleNetV1(ShuffleNetBase):
         for unit in self.modules():
             if isinstance(unit, ShuffleUnitV1) and unit.stride == 1:
                 nn.init.zeros_(unit.expand.bn.weight)
-        self._init_backbone_options(out_indices, frozen_stages, norm_eval)
+        self._init_backbone_options(widths, out_indices, frozen_stages, norm_eval)

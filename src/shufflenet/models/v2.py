@@ -130,7 +130,7 @@ class ShuffleNetV2(ShuffleNetBase):
         self.conv_last = ConvBNAct(in_channels, last, 1)
         self.head = ClassifierHead(last, num_classes, dropout, bias=not megvii)
         self.init_weights()
-        self._init_backbone_options(out_indices, frozen_stages, norm_eval)
+        self._init_backbone_options((*widths, last), out_indices, frozen_stages, norm_eval)
 
 
 # -- routing: shuffle <-> even/odd, an exact permutation of the weights --------------------------------

@@ -173,7 +173,7 @@ class ShuffleNetV2Plus(ShuffleNetBase):
         self.conv_last = ConvBNAct(in_channels, last, 1, act=nn.Hardswish)
         self.head = V2PlusHead(last, num_classes, dropout)
         self.init_weights()
-        self._init_backbone_options(out_indices, frozen_stages, norm_eval)
+        self._init_backbone_options((*widths, last), out_indices, frozen_stages, norm_eval)
 
     def init_weights(self) -> None:
         """Megvii's initialisation; it also draws the SE convs from N(0, 0.01) like the stem."""
