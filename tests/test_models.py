@@ -19,7 +19,7 @@ ALL_MODELS = shufflenet.list_models()
 
 def test_zoo_is_complete():
     v1 = [f"shufflenet_v1_g{g}_x{w}" for g in (1, 2, 3, 4, 8) for w in ("0_25", "0_5", "1_0", "1_5", "2_0")]
-    v2 = [f"shufflenet_v2_x{w}" for w in ("0_5", "1_0", "1_5", "2_0")]
+    v2 = [f"shufflenet_v2_x{w}" for w in ("0_25", "0_33", "0_5", "1_0", "1_5", "2_0")]
     v2_plus = [f"shufflenet_v2_plus_{s}" for s in ("small", "medium", "large")]
     assert sorted(ALL_MODELS) == sorted(v1 + v2 + v2_plus)
 
@@ -71,6 +71,13 @@ MAC_TARGETS = (
 @pytest.mark.parametrize("name,published,tolerance", MAC_TARGETS)
 def test_macs_match_published(name, published, tolerance):
     assert _macs(name) == pytest.approx(published, rel=tolerance)
+
+
+@pytest.mark.parametrize("width,stages,params", [(0.25, (24, 48, 96, 512), 0.60e6), (0.33, (32, 64, 128, 512), 0.64e6)])
+def test_v2_narrow_widths_match_paddleclas(width, stages, params):
+    model = ShuffleNetV2(width)
+    assert tuple(i["num_chs"] for i in model.feature_info()) == stages  # PaddleClas's stage_out_channels
+    assert shufflenet.complexity(model, 32).params == pytest.approx(params, rel=0.012)  # published as 0.60 / 0.64 M
 
 
 @pytest.mark.parametrize("size,params", [("small", 5.1e6), ("medium", 5.6e6), ("large", 6.7e6)])

@@ -133,6 +133,11 @@ for _w, (_tv, (_pm, _perr), _mg, _mc) in _V2.items():
         _refs += (Reference("mmpretrain", params=2_280 * K, macs=149 * M, top1=69.55, top5=88.92),)
     register(ModelSpec(f"shufflenet_v2_{_width_suffix(_w)}", "ShuffleNet V2", ShuffleNetV2, {"width": _w}, _refs))
 _ALIASES["shufflenet-v2-1x_16xb64_in1k"] = "shufflenet_v2_x1_0.mmpretrain_in1k"
+# PaddleClas's two narrower widths (its zoo table: params to 0.01 M, top-1, top-5). Its "FLOPs" column
+# (0.03 / 0.04 G) counts about two per multiply-add at one significant digit, so it is not used.
+for _w, (_params, _top1, _top5) in {0.25: (0.60, 49.9, 73.8), 0.33: (0.64, 53.7, 77.1)}.items():
+    _refs = (Reference("paddleclas", params=round(_params * M), top1=_top1, top5=_top5),)
+    register(ModelSpec(f"shufflenet_v2_{_width_suffix(_w)}", "ShuffleNet V2", ShuffleNetV2, {"width": _w}, _refs))
 
 # -- ShuffleNet V2+ (Megvii's searched model; README: MACs, params, top-1 / top-5 error) -----------
 for _size, (_macs, _params, _e1, _e5) in {

@@ -24,8 +24,10 @@ from torch import nn
 from .base import ClassifierHead, ShuffleNetBase
 from .layers import ConvBNAct, channel_shuffle
 
-# Output channels of the stem, stages 2-4 and conv5 (paper Table 5).
+# Output channels of the stem, stages 2-4 and conv5 (paper Table 5; 0.25x and 0.33x: PaddleClas).
 STAGE_WIDTHS = {
+    0.25: (24, 24, 48, 96, 512),
+    0.33: (24, 32, 64, 128, 512),
     0.5: (24, 48, 96, 192, 1024),
     1.0: (24, 116, 232, 464, 1024),
     1.5: (24, 176, 352, 704, 1024),
