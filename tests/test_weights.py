@@ -336,6 +336,18 @@ def fake_hub(tmp_path, monkeypatch):
     return payload, reference, requested
 
 
+@pytest.mark.parametrize("width", ["0_5", "1_0", "1_5", "2_0"])
+def test_torchvision_tags_are_torchvisions_own_weights(width):
+    weights = getattr(torchvision.models, f"ShuffleNet_V2_X{width.upper()}_Weights").IMAGENET1K_V1
+    tag = hub.get_tag(f"shufflenet_v2_x{width}", "tv_in1k")
+    published = weights.meta["_metrics"]["ImageNet-1K"]
+    assert (tag.url, tag.top1, tag.top5) == (weights.url, published["acc@1"], published["acc@5"])
+    assert tag.url.rsplit("-", 1)[1].startswith(tag.sha256_prefix)  # torchvision names files by their hash
+    evaluation = weights.transforms()
+    assert (tag.preprocessing.resize_size, tag.preprocessing.crop_size) == (evaluation.resize_size[0], evaluation.crop_size[0])
+    assert (tag.preprocessing.mean, tag.preprocessing.std) == (tuple(evaluation.mean), tuple(evaluation.std))
+
+
 def test_pretrained_downloads_once_then_works_offline(fake_hub, monkeypatch):
     _, reference, requested = fake_hub
     model = shufflenet.get_model("shufflenet_v2_x0_5.tv_in1k", pretrained=True)
