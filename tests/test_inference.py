@@ -14,7 +14,7 @@ from shufflenet import get_model
 from shufflenet.cli import main
 from shufflenet.data.preprocess import Preprocessing
 from shufflenet.errors import UserError
-from shufflenet.inference import inference_model, load_image, to_rgb
+from shufflenet.inference import Predictor, inference_model, load_image, to_rgb
 from shufflenet.weights import save_checkpoint
 
 CLASSES = tuple(f"class{i}" for i in range(10))
@@ -138,6 +138,22 @@ def test_every_input_kind_gives_the_same_answer(checkpoint, odd_dir):
     scores = [r["pred_score"] for r in results]
     assert scores == pytest.approx([scores[0]] * 4, abs=1e-5)
     assert {r["pred_label"] for r in results} == {results[0]["pred_label"]}
+
+
+@pytest.mark.parametrize("flag", ["IMREAD_COLOR", "IMREAD_UNCHANGED"])  # BGR, and BGRA for a PNG with alpha
+def test_arrays_as_cv2_reads_them_with_array_order_bgr(checkpoint, tmp_path, flag):
+    cv2 = pytest.importorskip("cv2")
+    rgba = np.random.default_rng(0).integers(0, 256, (40, 48, 4), dtype=np.uint8)
+    rgba[..., 3] = np.where(np.arange(48) < 24, 255, 90)  # half opaque, half translucent
+    Image.fromarray(rgba).save(tmp_path / "photo.png")
+    array = cv2.imread(str(tmp_path / "photo.png"), getattr(cv2, flag))
+    from_file = Predictor(checkpoint, "torch").preprocess(tmp_path / "photo.png")
+    if flag == "IMREAD_COLOR":  # cv2 drops the alpha channel, the file reader composites it on white
+        from_file = Predictor(checkpoint, "torch").preprocess(Image.fromarray(rgba[..., :3]))
+    torch.testing.assert_close(Predictor(checkpoint, "torch", array_order="BGR").preprocess(array), from_file, rtol=0, atol=0)
+    assert not torch.allclose(Predictor(checkpoint, "torch").preprocess(array), from_file)  # the default reads RGB
+    expected = inference_model(checkpoint, from_file.unsqueeze(0), backend="torch")[0]
+    assert inference_model(checkpoint, array, backend="torch", array_order="BGR") == expected
 
 
 def test_onnxruntime_backend_agrees_with_torch(model, odd_dir):

@@ -59,9 +59,13 @@ class Predictor:
         device: str | None = None,
         topk: int = 5,
         threads: int | None = None,
+        array_order: str = "RGB",
     ) -> None:
         if topk < 1:
             raise UserError(f"topk must be at least 1, got {topk}")
+        if array_order not in ("RGB", "BGR"):
+            raise UserError(f"array_order must be 'RGB' or 'BGR', got {array_order!r}")
+        self.array_order = array_order
         self.runtime: Runtime = load_runtime(model, backend, device, threads)
         self.transform = self.runtime.preprocessing.transform()
         self.topk = topk
@@ -69,8 +73,9 @@ class Predictor:
     def preprocess(self, item: ImageInput) -> torch.Tensor:
         """One image as a model input tensor (C, H, W).
 
-        Paths, PIL images and HWC uint8 RGB arrays are decoded and transformed; a uint8 tensor
-        (C, H, W) is transformed; a float tensor is taken as already preprocessed.
+        Paths, PIL images and HWC uint8 arrays (channels in ``array_order``) are decoded and
+        transformed; a uint8 tensor (C, H, W) is transformed; a float tensor is taken as already
+        preprocessed.
         """
         if isinstance(item, (str, Path)):
             return self.transform(load_image(item))
@@ -79,6 +84,8 @@ class Predictor:
         if isinstance(item, np.ndarray):
             if item.dtype != np.uint8 or item.ndim not in (2, 3):
                 raise UserError(f"numpy images must be uint8 HxW or HxWxC, got {item.dtype} {item.shape}")
+            if self.array_order == "BGR" and item.ndim == 3:
+                item = np.ascontiguousarray(item[..., 2::-1] if item.shape[2] == 3 else item[..., [2, 1, 0, 3]])
             return self.transform(to_rgb(Image.fromarray(item)))
         if isinstance(item, torch.Tensor):
             return self.transform(item) if item.dtype == torch.uint8 else item.float()
@@ -110,20 +117,23 @@ def inference_model(
     topk: int = 5,
     backend: str = "fast",
     device: str | None = None,
+    array_order: str = "RGB",
 ) -> dict[str, Any] | list[dict[str, Any]]:
     """Classify one image (returns a dict) or a list of images (returns a list of dicts).
 
     Args:
         model: a model name (``name`` or ``name.tag``), a checkpoint path, an ``.onnx`` file or
             an ``nn.Module`` (its ``preprocessing`` attribute is applied).
-        inputs: a path, a PIL image, an HxWxC uint8 RGB array, a uint8 (C, H, W) tensor, a
+        inputs: a path, a PIL image, an HxWxC uint8 array (see ``array_order``), a uint8 (C, H, W) tensor, a
             preprocessed float (C, H, W) / (N, C, H, W) tensor, or a list of these.
         backend: ``"fast"`` (the default: ``deploy.fastpath``), ``"torch"``, ``"onnxruntime"`` or ``"openvino"``.
+        array_order: the channel order of numpy inputs: ``"RGB"`` (PIL, torchvision) or ``"BGR"``
+            (``cv2.imread``, and what mmpretrain's ``inference_model`` assumes for arrays).
 
     Each result has ``pred_label``, ``pred_score``, ``pred_class`` and ``pred_scores`` (the top-k
     as ``{"label", "class", "score"}``, best first).
     """
-    predictor = Predictor(model, backend, device, topk)
+    predictor = Predictor(model, backend, device, topk, array_order=array_order)
     if isinstance(inputs, torch.Tensor) and inputs.dtype != torch.uint8 and inputs.ndim == 4:
         return predictor.predict(inputs.float())
     single = not isinstance(inputs, (list, tuple))
