@@ -67,6 +67,28 @@ def test_dynamic_size_export_runs_any_input_size(name, tmp_path, capsys):
             torch.testing.assert_close(runtime(x), model(x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["shufflenet_v1_g3_x0_5", "shufflenet_v2_x0_5"])
+def test_fp16_export_halves_the_file_and_keeps_the_answers(name, tmp_path, capsys):
+    model = randomised(name)
+    save_checkpoint(model, tmp_path / "m.safetensors")
+    for flags, out in (([], "m.onnx"), (["--fp16"], "m.fp16.onnx")):
+        assert main(["export", str(tmp_path / "m.safetensors"), "--dynamic-batch", *flags, "-o", str(tmp_path / out)]) == 0
+    assert "fp16, fp32 input and logits" in capsys.readouterr().out
+    assert (tmp_path / "m.fp16.onnx").stat().st_size < 0.55 * (tmp_path / "m.onnx").stat().st_size
+    proto = onnx.load(str(tmp_path / "m.fp16.onnx"))
+    float16, float32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    assert {t.data_type for t in proto.graph.initializer if len(t.dims) == 4} == {float16}  # every conv weight
+    assert [v.type.tensor_type.elem_type for v in (*proto.graph.input, *proto.graph.output)] == [float32, float32]
+    x = torch.randn(8, 3, SIZE, SIZE)
+    with torch.no_grad():
+        expected = model(x)
+    got = load_runtime(tmp_path / "m.fp16.onnx", "onnxruntime")(x)
+    assert got.dtype == torch.float32
+    assert (got - expected).abs().max() <= 1e-3 * expected.abs().max()  # measured: 3e-4 (V1), 4e-4 (V2)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    assert main(["export", str(tmp_path / "m.safetensors"), "--fp16", "--int8", "--calib", str(tmp_path)]) == 2
+
+
 @pytest.mark.parametrize(
     ("name", "kwargs"),
     [("shufflenet_v1_g3_x0_5", {}), ("shufflenet_v1_g8_x0_5", {}), ("shufflenet_v2_x0_5", {}),

@@ -162,6 +162,7 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX: variable batch size")
     p.add_argument("--dynamic-size", action="store_true", help="ONNX: variable height and width (detection/segmentation inputs)")
     p.add_argument("--input-size", type=positive_int, help="square input size (default: the model's crop size)")
+    p.add_argument("--fp16", action="store_true", help="ONNX: float16 weights and compute, float32 input and logits")
     p.add_argument("--int8", action="store_true", help="ONNX: static INT8 quantization (QDQ, per-channel weights)")
     p.add_argument("--calib", metavar="DIR", help="calibration images for --int8 (searched recursively)")
     p.add_argument("--calib-size", type=positive_int, default=256, help="calibration images used (default 256)")
@@ -183,10 +184,12 @@ def run_export(args: argparse.Namespace) -> int:
 
     if args.int8 and (args.format != "onnx" or not args.calib):
         raise UserError("--int8 needs --format onnx and --calib DIR (calibration images)")
+    if args.fp16 and (args.format != "onnx" or args.int8):
+        raise UserError("--fp16 needs --format onnx and no --int8")
     calibration = calibration_sample(find_images(args.calib), args.calib_size) if args.int8 else []
     if args.int8 and not calibration:
         raise UserError(f"{args.calib}: no images found for calibration")
-    suffix = {"torchscript": ".pt", "onnx": ".int8.onnx" if args.int8 else ".onnx"}[args.format]
+    suffix = {"torchscript": ".pt", "onnx": ".int8.onnx" if args.int8 else ".fp16.onnx" if args.fp16 else ".onnx"}[args.format]
     output = check_output(Path(args.output) if args.output else default_output(args.model, suffix), args.force, args.model)
     model = load_torch_model(args.model)
     if args.format == "torchscript":
@@ -195,7 +198,7 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"wrote {output} (TorchScript, BN folded)")
         return 0
     options = {"opset": args.opset, "dynamic_batch": args.dynamic_batch, "dynamic_size": args.dynamic_size,
-               "input_size": args.input_size}
+               "input_size": args.input_size, "fp16": args.fp16}
     with atomic_destination(output) as partial:
         if not args.int8:
             proto = export_onnx(model, partial, **options)
@@ -206,7 +209,7 @@ def run_export(args: argparse.Namespace) -> int:
                 batches = image_batches(calibration, model.preprocessing, batch_size=16 if args.dynamic_batch else 1)
                 proto = quantize_onnx(fp32, partial, batches)
     batch = ("dynamic batch" if args.dynamic_batch else "batch 1") + (", dynamic height/width" if args.dynamic_size else "")
-    kind = f"INT8 calibrated on {len(calibration)} images" if args.int8 else "fp32"
+    kind = f"INT8 calibrated on {len(calibration)} images" if args.int8 else "fp16, fp32 input and logits" if args.fp16 else "fp32"
     print(f"wrote {output} (ONNX opset {args.opset}, {batch}, {kind}, max tensor rank {max_tensor_rank(proto)})")
     return 0
 

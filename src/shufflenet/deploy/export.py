@@ -65,12 +65,16 @@ def to_onnx(
     dynamic_batch: bool = False,
     input_size: int | None = None,
     dynamic_size: bool = False,
+    fp16: bool = False,
 ) -> onnx.ModelProto:
     """Export ``model`` (BN folded, eval mode) to a checked ONNX model with metadata. ``dynamic_size``
-    makes height and width symbolic too: every pooling in the zoo is a global mean, so any size runs."""
+    makes height and width symbolic too: every pooling in the zoo is a global mean, so any size runs.
+    ``fp16`` stores weights and computes in float16 between a float32 input and float32 logits."""
     if opset not in ONNX_OPSETS:
         raise UserError(f"ONNX opset {opset} is not supported; choose {ONNX_OPSETS.start} to {ONNX_OPSETS.stop - 1}")
     fused = fuse_conv_bn(model).cpu()
+    if fp16:
+        fused = Float16Body(fused)
     buffer = io.BytesIO()
     dynamic_axes: dict[str, dict[int, str]] = {INPUT_NAME: {}, OUTPUT_NAME: {}}
     if dynamic_batch:
@@ -87,6 +91,18 @@ def to_onnx(
     set_metadata(proto, model_metadata(model))
     onnx.checker.check_model(proto, full_check=True)
     return proto
+
+
+class Float16Body(nn.Module):
+    """The network in float16 between a float32 input and float32 logits: the graph casts at its two
+    ends (onnxconverter-common's ``keep_io_types``), so every runtime feeds and reads it as the fp32 file."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.half()).float()
 
 
 def max_tensor_rank(proto: onnx.ModelProto) -> int:
