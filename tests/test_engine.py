@@ -20,6 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from shufflenet import get_model
 from shufflenet.cli import main
 from shufflenet.engine.config import load_config
 from shufflenet.errors import UserError
@@ -115,7 +116,8 @@ def test_every_shipped_config_is_valid() -> None:
     paths = sorted((REPO / "configs").rglob("*.yaml"))
     assert len(paths) >= 7
     for path in paths:
-        load_config(path)
+        model = load_config(path).model  # and its model builds: the kwargs are the model's own
+        get_model(model.name, num_classes=model.num_classes, small_input=model.small_input, **model.kwargs)
 
 
 def test_cli_reports_config_errors_without_traceback(tiny, capsys) -> None:
