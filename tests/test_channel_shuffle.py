@@ -52,11 +52,17 @@ def test_torchscript():
     torch.testing.assert_close(scripted(x, 4), channel_shuffle(x, 4), rtol=0, atol=0)
 
 
-def test_torch_compile_fullgraph():
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_torch_compile_fullgraph(layout):
     compiled = torch.compile(channel_shuffle, fullgraph=True, backend="aot_eager", dynamic=True)
     for batch in (1, 5):
-        x = torch.randn(batch, 12, 4, 4)
-        torch.testing.assert_close(compiled(x, 3), shuffle_by_definition(x, 3), rtol=0, atol=0)
+        x = torch.randn(batch, 12, 4, 4).to(memory_format=layout)
+        torch.testing.assert_close(compiled(x, 3), shuffle_by_definition(x.contiguous(), 3), rtol=0, atol=0)
+
+
+def test_autograd_channels_last():
+    x = torch.randn(2, 6, 3, 3, dtype=torch.double).to(memory_format=torch.channels_last).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: channel_shuffle(t, 3), (x,))
 
 
 @pytest.mark.parametrize("groups", [3, 0, -2])

@@ -87,6 +87,9 @@ def test_fp16_export_halves_the_file_and_keeps_the_answers(name, tmp_path, capsy
     assert (got - expected).abs().max() <= 1e-3 * expected.abs().max()  # measured: 3e-4 (V1), 4e-4 (V2)
     assert torch.equal(got.argmax(1), expected.argmax(1))
     assert main(["export", str(tmp_path / "m.safetensors"), "--fp16", "--int8", "--calib", str(tmp_path)]) == 2
+    assert "--fp16 and --int8 exclude each other" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "m.safetensors"), "--format", "torchscript", "--dynamic-size", "--fp16"]) == 2
+    assert "--dynamic-size, --fp16: ONNX options" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -154,6 +154,9 @@ def test_arrays_as_cv2_reads_them_with_array_order_bgr(checkpoint, tmp_path, fla
     assert not torch.allclose(Predictor(checkpoint, "torch").preprocess(array), from_file)  # the default reads RGB
     expected = inference_model(checkpoint, from_file.unsqueeze(0), backend="torch")[0]
     assert inference_model(checkpoint, array, backend="torch", array_order="BGR") == expected
+    gray_alpha = rgba[..., 1:3].copy()  # no colour channels to swap: read as it is
+    torch.testing.assert_close(Predictor(checkpoint, "torch", array_order="BGR").preprocess(gray_alpha),
+                               Predictor(checkpoint, "torch").preprocess(gray_alpha), rtol=0, atol=0)
 
 
 def test_onnxruntime_backend_agrees_with_torch(model, odd_dir):

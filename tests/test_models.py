@@ -1,6 +1,7 @@
 """The zoo: every model builds, runs, matches the published sizes and works as a backbone."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,9 @@ def test_v2_narrow_widths_match_paddleclas(width, stages, params):
     model = ShuffleNetV2(width)
     assert tuple(i["num_chs"] for i in model.feature_info()) == stages  # PaddleClas's stage_out_channels
     assert shufflenet.complexity(model, 32).params == pytest.approx(params, rel=0.012)  # published as 0.60 / 0.64 M
+    if width == 0.25:  # Megvii's stride-2 unit would have a main branch of 24 - 24 = 0 channels
+        with pytest.raises(ValueError, match="megvii layout needs stage widths above"):
+            ShuffleNetV2(width, layout="megvii")
 
 
 @pytest.mark.parametrize("size,params", [("small", 5.1e6), ("medium", 5.6e6), ("large", 6.7e6)])
@@ -239,8 +243,9 @@ def test_torch_hub_lists_the_zoo_and_loads_what_get_model_loads(tmp_path):
 
 def test_cli_output_into_a_closed_pipe_ends_quietly():
     # `shufflenet list | head -1`: the reader is gone before the listing is written
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # block-buffered, as in a shell pipe
     process = subprocess.Popen([sys.executable, "-m", "shufflenet", "list"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, env=env)
     process.stdout.close()
     stderr = process.stderr.read()
     assert process.wait(timeout=120) == 141

@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import urllib.error
+import warnings
 
 import numpy as np
 import pytest
@@ -166,12 +167,22 @@ def test_megvii_preprocessing_matches_its_opencv_evaluation(height, width):
     assert (ours - reference).abs().max() <= 1  # cv2 interpolates uint8 in fixed point: off by one at most
     antialiased = dataclasses.replace(MEGVII, resize_backend="torchvision").transform()(image)
     assert (antialiased - reference).abs().mean() > 2  # what the previous preprocessing fed Megvii's weights
+    geometry = torchvision.transforms.v2.Compose(MEGVII.geometry_steps())  # also takes PIL images directly
+    assert torch.equal(geometry(image), geometry(torchvision.transforms.v2.functional.pil_to_tensor(image)))
+
+
+def test_preprocessing_metadata_names_the_resize_only_when_it_is_not_the_default():
+    assert MEGVII.to_dict()["resize_backend"] == "opencv" and "resize_backend" not in IMAGENET.to_dict()
+    for preprocessing in (MEGVII, IMAGENET):  # files without the key stay readable by earlier releases
+        assert type(preprocessing).from_dict(preprocessing.to_dict()) == preprocessing
 
 
 def test_megvii_v2_converts_to_megvii_layout(tmp_path):
     donor = randomize_bn(shufflenet.get_model("shufflenet_v2_x1_0", layout="megvii"))
     torch.save({"state_dict": {"module." + k: v for k, v in megvii_state(donor).items()}}, tmp_path / "v2.pth.tar")
-    model = load_checkpoint(tmp_path / "v2.pth.tar")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matching tries every width: none may build a broken variant on the way
+        model = load_checkpoint(tmp_path / "v2.pth.tar")
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert max_diff(model(x), donor(x)) <= TOL

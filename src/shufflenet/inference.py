@@ -84,7 +84,7 @@ class Predictor:
         if isinstance(item, np.ndarray):
             if item.dtype != np.uint8 or item.ndim not in (2, 3):
                 raise UserError(f"numpy images must be uint8 HxW or HxWxC, got {item.dtype} {item.shape}")
-            if self.array_order == "BGR" and item.ndim == 3:
+            if self.array_order == "BGR" and item.ndim == 3 and item.shape[2] in (3, 4):
                 item = np.ascontiguousarray(item[..., 2::-1] if item.shape[2] == 3 else item[..., [2, 1, 0, 3]])
             return self.transform(to_rgb(Image.fromarray(item)))
         if isinstance(item, torch.Tensor):

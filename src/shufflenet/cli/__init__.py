@@ -45,13 +45,29 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, where the handler below still runs
+        return status
     except UserError as error:
         print(f"shufflenet {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print(f"shufflenet {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader went away (`shufflenet list | head -1`): stop quietly, as `cat` does
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit cannot fail again
+    except BrokenPipeError:
+        if not _stdout_is_closed():
+            raise  # another pipe broke: not the reader going away
         return 128 + 13  # SIGPIPE's number, as a shell reports a command killed by it
+
+
+def _stdout_is_closed() -> bool:
+    """Whether the reader of stdout went away (`shufflenet list | head -1`); if so, stop quietly as
+    `cat` does, with stdout pointed at /dev/null so that the flush at exit cannot fail again."""
+    try:
+        sys.stdout.flush()
+        return False
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return True

@@ -182,10 +182,14 @@ def run_export(args: argparse.Namespace) -> int:
     from ..deploy.quantize import calibration_sample, image_batches, quantize_onnx
     from ..deploy.runtimes import load_torch_model
 
-    if args.int8 and (args.format != "onnx" or not args.calib):
-        raise UserError("--int8 needs --format onnx and --calib DIR (calibration images)")
-    if args.fp16 and (args.format != "onnx" or args.int8):
-        raise UserError("--fp16 needs --format onnx and no --int8")
+    flags = {"--dynamic-batch": args.dynamic_batch, "--dynamic-size": args.dynamic_size, "--fp16": args.fp16, "--int8": args.int8}
+    onnx_only = [flag for flag, given in flags.items() if given]
+    if args.format != "onnx" and onnx_only:
+        raise UserError(f"{', '.join(onnx_only)}: ONNX options; drop them or use --format onnx")
+    if args.int8 and not args.calib:
+        raise UserError("--int8 needs --calib DIR (calibration images)")
+    if args.fp16 and args.int8:
+        raise UserError("--fp16 and --int8 exclude each other")
     calibration = calibration_sample(find_images(args.calib), args.calib_size) if args.int8 else []
     if args.int8 and not calibration:
         raise UserError(f"{args.calib}: no images found for calibration")

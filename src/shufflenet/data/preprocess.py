@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 import torch
+from PIL import Image
 from torch import nn
 from torchvision.transforms import InterpolationMode, v2
 
@@ -64,7 +65,10 @@ class Preprocessing:
         return steps
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        if values["resize_backend"] == "torchvision":  # the default: files stay readable by releases without the key
+            del values["resize_backend"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> Preprocessing:
@@ -83,7 +87,9 @@ class OpenCVResize(nn.Module):
         super().__init__()
         self.size, self.interpolation = size, interpolation
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor | Image.Image) -> torch.Tensor:
+        if isinstance(image, Image.Image):  # PIL's own resize always antialiases
+            image = v2.functional.pil_to_tensor(image)
         short, long = sorted(image.shape[-2:])
         long = int(self.size / short * long + 0.5)
         shape = [self.size, long] if image.shape[-2] < image.shape[-1] else [long, self.size]

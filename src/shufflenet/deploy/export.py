@@ -68,7 +68,7 @@ def to_onnx(
     fp16: bool = False,
 ) -> onnx.ModelProto:
     """Export ``model`` (BN folded, eval mode) to a checked ONNX model with metadata. ``dynamic_size``
-    makes height and width symbolic too: every pooling in the zoo is a global mean, so any size runs.
+    makes height and width symbolic too: no op has a fixed size (the head pools globally), so any size runs.
     ``fp16`` stores weights and computes in float16 between a float32 input and float32 logits."""
     if opset not in ONNX_OPSETS:
         raise UserError(f"ONNX opset {opset} is not supported; choose {ONNX_OPSETS.start} to {ONNX_OPSETS.stop - 1}")

@@ -83,7 +83,7 @@ class ShuffleNetV2(ShuffleNetBase):
     """ShuffleNet V2 classifier and backbone.
 
     Args:
-        width: 0.5, 1.0, 1.5 or 2.0.
+        width: 0.25, 0.33, 0.5, 1.0, 1.5 or 2.0 (the Megvii layout: 0.5 to 2.0).
         num_classes: classifier outputs.
         layout: ``"torchvision"`` or ``"megvii"`` (see the module docstring).
         routing: ``"shuffle"`` (half split + shuffle, torchvision's) or ``"even_odd"`` (Megvii's);
@@ -117,6 +117,8 @@ class ShuffleNetV2(ShuffleNetBase):
         if dropout is None:
             dropout = 0.2 if megvii and width == 2.0 else 0.0
         stem, *widths, last = STAGE_WIDTHS[width]
+        if megvii and widths[0] <= stem:  # its stride-2 main branch has out - in channels: none at 0.25x
+            raise ValueError(f"the megvii layout needs stage widths above the stem's {stem} channels; width {width} has {widths[0]}")
         self.layout, self.routing = layout, routing
         self.stem = ConvBNAct(3, stem, 3, stride=1 if small_input else 2)
         self.stem_pool = nn.Identity() if small_input else nn.MaxPool2d(3, 2, 1)

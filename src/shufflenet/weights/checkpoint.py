@@ -89,7 +89,11 @@ def match_architecture(
     candidates = [spec] if spec else [get_spec(n) for n in list_models() if get_spec(n).family == family]
     best: tuple[int, str, dict[str, list[str]]] | None = None
     for candidate in candidates:
-        problems = state_problems(_meta_state(candidate, kwargs), state)
+        try:
+            expected = _meta_state(candidate, kwargs)
+        except ValueError:  # the variant does not exist at this size (Megvii's V2 layout at 0.25x)
+            continue
+        problems = state_problems(expected, state)
         if not problems:
             return candidate, kwargs
         count = sum(map(len, problems.values()))
