@@ -1,6 +1,7 @@
 """The zoo: every model builds, runs, matches the published sizes and works as a backbone."""
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -134,6 +135,15 @@ def test_extract_feat_strides_and_feature_info(name, small_input, strides):
     info = model.feature_info()  # what a neck is built from, before any forward pass
     assert [(i["num_chs"], i["reduction"]) for i in info] == [(f.shape[1], s) for f, s in zip(feats, strides)]
     assert [dict(model.named_modules())[i["module"]] for i in info] == model.feature_levels()
+
+
+def test_info_json_lists_the_feature_levels(capsys):
+    from shufflenet.cli import main
+
+    assert main(["info", "shufflenet_v2_x1_0", "--json"]) == 0
+    levels = json.loads(capsys.readouterr().out)["feature_info"]
+    assert [(i["module"], i["num_chs"], i["reduction"]) for i in levels] == [
+        ("stages.0", 116, 8), ("stages.1", 232, 16), ("stages.2", 464, 32), ("conv_last", 1024, 32)]
 
 
 def test_out_indices_and_small_input():

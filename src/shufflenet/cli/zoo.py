@@ -48,7 +48,8 @@ def run_list(args: argparse.Namespace) -> int:
 def model_info(name: str, input_size: int = 224) -> dict:
     """Our parameter and MAC counts beside the reference values of one registered model."""
     spec = get_spec(name)
-    ours = complexity(spec.build(), input_size)
+    model = spec.build()
+    ours = complexity(model, input_size)
     return {
         "model": spec.name,
         "family": spec.family,
@@ -60,6 +61,7 @@ def model_info(name: str, input_size: int = 224) -> dict:
         "other_weights": {t.tag: {"dataset": t.dataset, "top1": t.top1, "top5": t.top5}
                           for t in list_pretrained(spec.name) if t.dataset != "ImageNet-1k"},
         "preprocessing": spec.preprocessing.to_dict(),
+        "feature_info": model.feature_info(),
     }
 
 
