@@ -85,7 +85,7 @@ class Predictor:
             if item.dtype != np.uint8 or item.ndim not in (2, 3):
                 raise UserError(f"numpy images must be uint8 HxW or HxWxC, got {item.dtype} {item.shape}")
             if self.array_order == "BGR" and item.ndim == 3 and item.shape[2] in (3, 4):
-                item = np.ascontiguousarray(item[..., 2::-1] if item.shape[2] == 3 else item[..., [2, 1, 0, 3]])
+                item = item[..., [2, 1, 0, 3][: item.shape[2]]]  # BGR(A) -> RGB(A); fancy indexing copies
             return self.transform(to_rgb(Image.fromarray(item)))
         if isinstance(item, torch.Tensor):
             return self.transform(item) if item.dtype == torch.uint8 else item.float()

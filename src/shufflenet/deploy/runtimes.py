@@ -76,8 +76,7 @@ def load_runtime(
         raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if threads is not None and threads < 1:
         raise UserError(f"threads must be at least 1, got {threads}")
-    if device is not None:
-        resolve_device(device)  # one message for a bad or missing device, whichever backend runs
+    resolve_device(device)  # one message for a bad or missing device, whichever backend runs
     if backend == "fast":
         return fast_runtime(source, device, threads)
     if is_onnx_file(source):

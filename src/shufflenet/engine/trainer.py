@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..files import atomic_destination
+from ..weights.checkpoint import non_finite
 from . import builders
 from .checkpoint import copy_atomic, load_training_state, restore_rng_state, rng_state, save_atomic
 from .config import Config, save_config
@@ -140,7 +141,7 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
 
         A step can turn the weights or BN statistics non-finite while its own loss (computed before
         the update) was still finite, so they are checked here: a diverged state never replaces a good one."""
-        finite = all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point())
+        finite = not non_finite(model.state_dict())
         # BN statistics differ by rank, so every rank must agree the average is finite
         if all_reduce_sum(torch.tensor([float(finite)], device=device), runtime).item() < runtime.world_size:
             raise diverged("the weights became non-finite")

@@ -60,10 +60,15 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], origin: str) ->
     problems = state_problems(model.state_dict(), state)
     if problems:
         raise CheckpointError(f"{origin} does not fit {model_label(model)}: {describe(problems)}")
-    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    broken = non_finite(state)
     if broken:  # a diverged run's save: it would load and predict garbage without a word
         raise CheckpointError(f"{origin} is damaged: {describe({'tensors with NaN or inf': broken})}")
     model.load_state_dict(state, strict=False)
+
+
+def non_finite(state: dict[str, torch.Tensor]) -> list[str]:
+    """The keys of the floating-point tensors holding NaN or inf."""
+    return [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
 
 def model_label(model: nn.Module) -> str:
