@@ -210,6 +210,25 @@ def test_int8_export_stays_close_to_fp32(trained, capsys, batch_flag):
     assert (int8(x).argmax(1) == fp32.argmax(1)).float().mean() >= 0.98
 
 
+def test_int8_float_keeps_the_named_modules_in_float(trained, capsys):
+    model, folder, (x, _) = trained
+    out = folder / "mixed.int8.onnx"
+    args = ["export", str(folder / "small.safetensors"), "--int8", "--calib", str(folder / "calib"), "-o", str(out)]
+    assert main([*args, "--int8-float", "stem,stemm"]) == 2 and not out.exists()
+    assert "no module 'stemm' in the exported graph; its top-level modules: " in capsys.readouterr().err
+    assert main([*args, "--int8-float", "stem,head.fc"]) == 0
+    quantized = onnx.load(str(out))
+    graph = quantized.graph
+    produced_by = {output: node.op_type for node in graph.node for output in node.output}
+    weight_source = {node.name: produced_by.get(node.input[1], "initializer") for node in graph.node if node.op_type in ("Conv", "Gemm")}
+    float_nodes = {name for name, source in weight_source.items() if source == "initializer"}
+    assert float_nodes == {"/stem/conv/Conv", "/head/fc/Gemm"}
+    assert set(weight_source.values()) == {"initializer", "DequantizeLinear"}
+    assert {p.key: p.value for p in quantized.metadata_props}["quantization"].endswith(" float=stem,head.fc")
+    with torch.no_grad():
+        assert (load_runtime(out)(x).argmax(1) == model(x).argmax(1)).float().mean() >= 0.98
+
+
 def test_int8_needs_calibration_images(trained, tmp_path):
     _, folder, _ = trained
     assert main(["export", str(folder / "small.safetensors"), "--int8"]) == 2

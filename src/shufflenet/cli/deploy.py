@@ -47,6 +47,13 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def name_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
 # -- predict ---------------------------------------------------------------------------------------
 def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -166,6 +173,10 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--int8", action="store_true", help="ONNX: static INT8 quantization (QDQ, per-channel weights)")
     p.add_argument("--calib", metavar="DIR", help="calibration images for --int8 (searched recursively)")
     p.add_argument("--calib-size", type=positive_int, default=256, help="calibration images used (default 256)")
+    p.add_argument(
+        "--int8-float", metavar="MODULES", type=name_list, default=[],
+        help="with --int8: modules kept in float, comma-separated (e.g. stem or stem,head)",
+    )
     p.add_argument("-o", "--output", help="output file (default: derived from MODEL)")
     p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
     p.set_defaults(func=run_export)
@@ -190,6 +201,8 @@ def run_export(args: argparse.Namespace) -> int:
         raise UserError("--int8 needs --calib DIR (calibration images)")
     if args.fp16 and args.int8:
         raise UserError("--fp16 and --int8 exclude each other")
+    if args.int8_float and not args.int8:
+        raise UserError("--int8-float needs --int8")
     calibration = calibration_sample(find_images(args.calib), args.calib_size) if args.int8 else []
     if args.int8 and not calibration:
         raise UserError(f"{args.calib}: no images found for calibration")
@@ -211,7 +224,7 @@ def run_export(args: argparse.Namespace) -> int:
                 fp32 = Path(workdir) / "fp32.onnx"
                 export_onnx(model, fp32, **options)
                 batches = image_batches(calibration, model.preprocessing, batch_size=16 if args.dynamic_batch else 1)
-                proto = quantize_onnx(fp32, partial, batches)
+                proto = quantize_onnx(fp32, partial, batches, keep_float=args.int8_float)
     batch = ("dynamic batch" if args.dynamic_batch else "batch 1") + (", dynamic height/width" if args.dynamic_size else "")
     kind = f"INT8 calibrated on {len(calibration)} images" if args.int8 else "fp16, fp32 input and logits" if args.fp16 else "fp32"
     print(f"wrote {output} (ONNX opset {args.opset}, {batch}, {kind}, max tensor rank {max_tensor_rank(proto)})")

@@ -58,16 +58,33 @@ class BatchReader(CalibrationDataReader):
         return None if batch is None else {INPUT_NAME: batch}
 
 
+def module_nodes(graph: onnx.GraphProto, modules: Sequence[str]) -> list[str]:
+    """Names of the nodes exported from ``modules``: the exporter names a node by its module path
+    (``/stem/conv/Conv``, ``/stages.0/stages.0.1/...``, ``/head/fc/Gemm``)."""
+    found = []
+    for module in modules:
+        scopes = (f"/{module}/", f"/{module.replace('.', '/')}/")
+        nodes = [n.name for n in graph.node if any(scope in n.name for scope in scopes)]
+        if not nodes:
+            top = sorted({n.name.split("/")[1] for n in graph.node if n.name.count("/") > 1})
+            raise UserError(f"no module {module!r} in the exported graph; its top-level modules: {', '.join(top)}")
+        found += nodes
+    return found
+
+
 def quantize_onnx(
     fp32_path: str | Path,
     out_path: str | Path,
     calibration_batches: Iterable[np.ndarray],
     reduce_range: bool | None = None,
+    keep_float: Sequence[str] = (),
 ) -> onnx.ModelProto:
     """Write a statically quantized copy of the fp32 ONNX model at ``fp32_path`` to ``out_path``.
 
     ``calibration_batches`` are preprocessed inputs (N, 3, H, W), e.g. from ``image_batches``;
-    ``reduce_range=None`` chooses 7-bit weights exactly when this CPU has no VNNI.
+    ``reduce_range=None`` chooses 7-bit weights exactly when this CPU has no VNNI; ``keep_float``
+    names modules (``stem``, ``head``, ``stages.0``) left in float, the usual remedy when a small
+    model loses too much in INT8 (keep the first conv in float: Tencent/ncnn#571).
     """
     fp32 = onnx.load(str(fp32_path))
     reduce_range = not cpu_has_vnni() if reduce_range is None else reduce_range
@@ -75,9 +92,11 @@ def quantize_onnx(
         str(fp32_path), str(out_path), BatchReader(calibration_batches),
         quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        nodes_to_exclude=module_nodes(fp32.graph, keep_float),
     )
     quantized = onnx.load(str(out_path))  # quantize_static drops the metadata: put it back
     props = {p.key: p.value for p in fp32.metadata_props}
-    set_metadata(quantized, {**props, "quantization": f"int8 qdq per-channel reduce_range={reduce_range}"})
+    scheme = f"int8 qdq per-channel reduce_range={reduce_range}" + (f" float={','.join(keep_float)}" if keep_float else "")
+    set_metadata(quantized, {**props, "quantization": scheme})
     onnx.save(quantized, str(out_path))
     return quantized
