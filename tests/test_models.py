@@ -85,6 +85,44 @@ def test_v2_narrow_widths_match_paddleclas(width, stages, params):
             ShuffleNetV2(width, layout="megvii")
 
 
+def test_v2_custom_stages_load_from_torchvision_weights(tmp_path, capsys):
+    from shufflenet.cli import main
+    from shufflenet.models.v2 import convert_routing
+    from shufflenet.weights import load_checkpoint
+
+    widths, repeats = (24, 112, 224, 448, 1024), (2, 6, 2)  # torchvision's stages_out_channels / stages_repeats
+    torch.manual_seed(0)
+    reference = torchvision.models.ShuffleNetV2(list(repeats), list(widths), num_classes=10).eval()
+    for module in reference.modules():  # BN statistics that are not the identity
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    torch.save(reference.state_dict(), tmp_path / "aligned.pth")
+    assert main(["convert", str(tmp_path / "aligned.pth"), "-o", str(tmp_path / "aligned.safetensors")]) == 0
+    assert "(stage_widths [24, 112, 224, 448, 1024], stage_repeats [2, 6, 2])" in capsys.readouterr().out
+    ours = load_checkpoint(tmp_path / "aligned.safetensors").eval()
+    assert (ours.stage_widths, ours.stage_repeats) == (widths, repeats)
+    assert [i["num_chs"] for i in ours.feature_info()] == [112, 224, 448, 1024]
+    built = shufflenet.get_model("shufflenet_v2_x1_0", num_classes=10, stage_widths=widths, stage_repeats=repeats)
+    assert [p.shape for p in built.state_dict().values()] == [p.shape for p in ours.state_dict().values()]
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        expected = reference(x)
+        assert torch.allclose(ours(x), expected, atol=1e-5)
+        assert torch.allclose(convert_routing(ours, "even_odd")(x), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"stage_widths": (24, 112, 224, 1024)}, "stage_widths needs 5 entries"),
+    ({"stage_widths": (24, 113, 226, 452, 1024)}, "must be even"),
+    ({"stage_repeats": (4, 8)}, "stage_widths needs 4 entries"),
+    ({"stage_repeats": (4, 0, 4)}, "repeats positive"),
+])
+def test_v2_bad_stage_plans_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ShuffleNetV2(**kwargs)
+
+
 @pytest.mark.parametrize("size,params", [("small", 5.1e6), ("medium", 5.6e6), ("large", 6.7e6)])
 def test_v2_plus_parameters(size, params):
     assert shufflenet.complexity(f"shufflenet_v2_plus_{size}", 32).params == pytest.approx(params, rel=0.03)

@@ -36,7 +36,8 @@ def run_convert(args: argparse.Namespace) -> int:
     model = load_checkpoint(args.source, args.source_format, spec=spec)
     save_checkpoint(model, output)
     source = model.source or {}
-    print(f"{args.source} ({source.get('format', 'ours')}) -> {output}: {model.model_name}, "
+    plan = ", ".join(f"{key} {list(value)}" for key in ("stage_widths", "stage_repeats") if (value := getattr(model, key, None)))
+    print(f"{args.source} ({source.get('format', 'ours')}) -> {output}: {model.model_name}{f' ({plan})' if plan else ''}, "
           f"{model.head.fc.out_features} classes, input {model.preprocessing.channel_order} "
           f"mean={model.preprocessing.mean} std={tuple(round(s, 5) for s in model.preprocessing.std)}")
     return 0

@@ -79,6 +79,14 @@ class ShuffleUnitV2(nn.Module):
         return out if self.even_odd else channel_shuffle(out, 2)
 
 
+def check_stage_plan(widths: Sequence[int], repeats: Sequence[int]) -> None:
+    """Stage widths (stem, stages, conv5) that fit the stage repeats and split in halves."""
+    if len(widths) != len(repeats) + 2:
+        raise ValueError(f"stage_widths needs {len(repeats) + 2} entries (stem, {len(repeats)} stages, conv5), got {list(widths)}")
+    if min(widths) < 1 or min(repeats) < 1 or any(w % 2 for w in widths[1:-1]):
+        raise ValueError(f"stage widths must be even and positive, repeats positive: got {list(widths)} and {list(repeats)}")
+
+
 class ShuffleNetV2(ShuffleNetBase):
     """ShuffleNet V2 classifier and backbone.
 
@@ -90,6 +98,10 @@ class ShuffleNetV2(ShuffleNetBase):
             ``None`` takes the layout's own. The Megvii layout routes even/odd only.
         dropout: dropout before the classifier; ``None`` takes the layout's default.
         small_input: stem without down-sampling, for 32x32 images such as CIFAR.
+        stage_widths: output channels of the stem, each stage and conv5 (even stage widths), in place
+            of ``width``'s table; torchvision's ``stages_out_channels``. Hardware-friendly widths,
+            e.g. ``(24, 112, 224, 448, 1024)``, can run faster than the paper's: docs/models.md.
+        stage_repeats: units per stage, ``(4, 8, 4)`` by default; one entry per stage.
         out_indices, frozen_stages, norm_eval: backbone options, see ``ShuffleNetBase``.
     """
 
@@ -101,12 +113,14 @@ class ShuffleNetV2(ShuffleNetBase):
         routing: str | None = None,
         dropout: float | None = None,
         small_input: bool = False,
+        stage_widths: Sequence[int] | None = None,
+        stage_repeats: Sequence[int] | None = None,
         out_indices: Sequence[int] | None = None,
         frozen_stages: int = -1,
         norm_eval: bool = False,
     ) -> None:
         super().__init__()
-        if width not in STAGE_WIDTHS:
+        if stage_widths is None and width not in STAGE_WIDTHS:
             raise ValueError(f"ShuffleNet V2 width must be one of {sorted(STAGE_WIDTHS)}, got {width}")
         if layout not in LAYOUTS:
             raise ValueError(f"ShuffleNet V2 layout must be one of {LAYOUTS}, got {layout!r}")
@@ -116,15 +130,20 @@ class ShuffleNetV2(ShuffleNetBase):
             raise ValueError(f"ShuffleNet V2 routing must be one of {ROUTINGS} (the megvii layout: even_odd), got {routing!r}")
         if dropout is None:
             dropout = 0.2 if megvii and width == 2.0 else 0.0
-        stem, *widths, last = STAGE_WIDTHS[width]
+        # kept (None when the defaults) so that a checkpoint can record them
+        self.stage_widths = tuple(stage_widths) if stage_widths is not None else None
+        self.stage_repeats = tuple(stage_repeats) if stage_repeats is not None else None
+        table, stage_repeats = self.stage_widths or STAGE_WIDTHS[width], self.stage_repeats or STAGE_REPEATS
+        check_stage_plan(table, stage_repeats)
+        stem, *widths, last = table
         if megvii and widths[0] <= stem:  # its stride-2 main branch has out - in channels: none at 0.25x
-            raise ValueError(f"the megvii layout needs stage widths above the stem's {stem} channels; width {width} has {widths[0]}")
+            raise ValueError(f"the megvii layout needs stage widths above the stem's {stem} channels, got {widths[0]}")
         self.layout, self.routing = layout, routing
         self.stem = ConvBNAct(3, stem, 3, stride=1 if small_input else 2)
         self.stem_pool = nn.Identity() if small_input else nn.MaxPool2d(3, 2, 1)
         self.stages = nn.ModuleList()
         in_channels = stem
-        for repeats, out_channels in zip(STAGE_REPEATS, widths):
+        for repeats, out_channels in zip(stage_repeats, widths):
             proj = in_channels if megvii else out_channels // 2
             even_odd = routing == "even_odd"
             units = [ShuffleUnitV2(in_channels, out_channels, 2, proj, even_odd)]

@@ -20,7 +20,7 @@ from ..data.preprocess import IMAGENET, Preprocessing
 from ..files import atomic_destination
 from ..models import layers
 from ..models.registry import ModelSpec, get_spec, list_models
-from .formats import FORMATS, V1, CheckpointError, RawCheckpoint, detect_format, family_of, read_file
+from .formats import FORMATS, V1, V2, CheckpointError, RawCheckpoint, detect_format, family_of, read_file
 
 FORMAT_VERSION = "1"
 RESERVED = ("shufflenet.format", "architecture", "model_kwargs", "num_classes", "class_names", "preprocessing", "source")
@@ -104,9 +104,41 @@ def match_architecture(
         count = sum(map(len, problems.values()))
         if best is None or count < best[0]:
             best = (count, candidate.name, problems)
+    custom = _custom_v2(state, kwargs) if family == V2 and spec is None else None  # a named model fixes its widths
+    if custom:
+        return custom
     assert best is not None
     target = f"{best[1]}" if spec else f"any {family} model (closest: {best[1]})"
     raise CheckpointError(f"{origin} does not fit {target}: {describe(best[2])}")
+
+
+def v2_stage_plan(state: dict[str, torch.Tensor]) -> dict[str, list[int]] | None:
+    """V2 weights' stage widths and repeats, read off their shapes (torchvision's
+    ``stages_out_channels``/``stages_repeats``); None if the keys are not a V2's."""
+    units = {tuple(int(i) for i in key.split(".")[1:3]) for key in state if key.startswith("stages.")}
+    if not units:
+        return None
+    repeats = [sum(1 for stage, _ in units if stage == s) for s in range(max(units)[0] + 1)]
+    try:
+        widths = [state[f"stages.{s}.0.branch_proj.1.conv.weight"].shape[0] + state[f"stages.{s}.0.branch_main.2.conv.weight"].shape[0]
+                  for s in range(len(repeats))]
+        stem, last = state["stem.conv.weight"].shape[0], state["conv_last.conv.weight"].shape[0]
+    except KeyError:
+        return None
+    return {"stage_widths": [stem, *widths, last], "stage_repeats": repeats}
+
+
+def _custom_v2(state: dict[str, torch.Tensor], kwargs: dict[str, Any]) -> tuple[ModelSpec, dict[str, Any]] | None:
+    """V2 weights of widths or depths no registered model has, built with their own stage plan."""
+    plan = v2_stage_plan(state)
+    candidate = get_spec("shufflenet_v2_x1_0")  # the registry name of every custom V2
+    if plan is None:
+        return None
+    try:
+        expected = _meta_state(candidate, {**kwargs, **plan})
+    except ValueError:
+        return None
+    return None if state_problems(expected, state) else (candidate, {**kwargs, **plan})
 
 
 def move_shuffle_before_depthwise(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -205,6 +237,9 @@ def variant_kwargs(model: nn.Module) -> dict[str, Any]:
         kwargs["layout"] = model.layout
     if getattr(model, "routing", None) == "even_odd" and model.layout == "torchvision":
         kwargs["routing"] = model.routing
+    for key in ("stage_widths", "stage_repeats"):  # V2 built with its own widths or depths
+        if getattr(model, key, None):
+            kwargs[key] = list(getattr(model, key))
     if hasattr(model, "shuffle"):  # V1
         kwargs["fc_bias"] = model.head.fc.bias is not None
         kwargs["shuffle"] = model.shuffle
