@@ -118,6 +118,16 @@ def test_metadata_travels_with_the_onnx_file(v2, tmp_path):
     assert batch_dim.dim_value == 1  # static batch unless asked for a dynamic one
 
 
+def test_a_static_input_size_is_the_crop_size_the_file_asks_for(v2, tmp_path):
+    assert (v2.preprocessing.crop_size, v2.preprocessing.resize_size) == (SIZE, 72)
+    export_onnx(v2, tmp_path / "m.onnx", input_size=96)
+    runtime = load_runtime(tmp_path / "m.onnx")
+    assert (runtime.preprocessing.crop_size, runtime.preprocessing.resize_size) == (96, 108)  # resize scaled alike
+    assert runtime(torch.randn(2, 3, 96, 96)).shape == (2, 1000)
+    with pytest.raises(UserError, match=r"the ONNX model rejects an input of shape \(1, 3, 64, 64\)"):
+        runtime(torch.randn(1, 3, SIZE, SIZE))
+
+
 def test_unsupported_opset_is_a_user_error(v2):
     with pytest.raises(UserError, match="opset 9"):
         to_onnx(v2, opset=9)

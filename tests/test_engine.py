@@ -24,6 +24,7 @@ from shufflenet import get_model
 from shufflenet.cli import main
 from shufflenet.engine.config import load_config
 from shufflenet.errors import UserError
+from shufflenet.weights import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SUBSET = REPO / "demo" / "cifar10-subset"
@@ -348,6 +349,9 @@ def test_resume_refuses_other_model_settings(tiny, tmp_path: Path, capsys) -> No
                "--set", "train.even_odd_routing=true")
     assert code == 2
     assert "other model settings (train.even_odd_routing: False -> True)" in capsys.readouterr().err
+    for change in ("optim.name=adamw", "optim.no_decay_1d=false"):  # other parameter groups or optimizer state
+        assert cli("train", config, "--data", data, "--epochs", 2, "--work-dir", work, "--resume", "--set", change) == 2
+        assert "its optimizer state does not fit the recipe's optim settings" in capsys.readouterr().err
 
 
 def test_even_odd_routed_training_saves_torchvision_order(tiny, tmp_path: Path) -> None:
@@ -457,12 +461,14 @@ def test_a_fresh_run_into_a_finished_one_is_refused_unless_forced(tiny, tmp_path
     capsys.readouterr()
     assert cli(*args, "--set", "optim.lr=0.01") == 2
     err = capsys.readouterr().err
-    assert f"{work} already holds a run (checkpoints/last.pt, model.safetensors); pass --resume" in err and "--force" in err
+    assert f"{work} already holds a run's files (checkpoints/last.pt, checkpoints/best.pt, model.safetensors, config.yaml, " in err
+    assert "pass --resume" in err and "--force" in err
     assert {name: (work / name).read_bytes() for name in RUN_FILES} == before
 
     (work / "checkpoints" / "last.pt").unlink()  # only the final weights left: --resume has nothing to continue
     assert cli(*args, "--resume") == 2
-    assert "holds a run (model.safetensors); it has no checkpoint to resume" in capsys.readouterr().err
+    assert "holds a run's files (checkpoints/best.pt, model.safetensors, config.yaml, " in (err := capsys.readouterr().err)
+    assert "it has no checkpoint to resume" in err
     assert (work / "model.safetensors").read_bytes() == before["model.safetensors"]
 
     assert cli(*args, "--set", "optim.lr=0.01", "--force") == 0
@@ -574,3 +580,93 @@ def test_a_training_checkpoint_is_read_as_its_ema_weights_by_test_predict_and_co
     assert "(shufflenet train)" in capsys.readouterr().out
     assert cli("test", "shufflenet_v2_x0_5", best, "--data", data, "--workers", 0, "--out", tmp_path) == 0
     assert "shufflenet_v2_x0_5 (EMA weights): top-1" in capsys.readouterr().out
+    assert cli("test", "shufflenet_v1_g3_x0_5", best, "--data", data, "--workers", 0, "--out", tmp_path) == 2
+    assert "is a training state of shufflenet_v2_x0_5, not of shufflenet_v1_g3_x0_5" in capsys.readouterr().err
+    state = torch.load(best, weights_only=True)
+    del state["config"]
+    torch.save(state, tmp_path / "no_config.pt")
+    for command in (["convert", tmp_path / "no_config.pt", "-o", tmp_path / "x.safetensors"], ["predict", tmp_path / "no_config.pt", data]):
+        assert cli(*command) == 2
+        assert "not a training-state checkpoint of `shufflenet train` (no config)" in capsys.readouterr().err
+
+
+def test_data_that_cannot_be_read_at_all_is_an_error_not_a_score(tiny, tmp_path: Path, capsys) -> None:
+    config, data = tiny
+    for image in data.rglob("*.*"):
+        image.write_bytes(b"not an image")
+    assert cli("train", config, "--data", data, "--epochs", 1, "--work-dir", tmp_path / "run") == 2
+    assert "no training image could be read in epoch 1 (32 skipped)" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    weights = tmp_path / "m.safetensors"
+    save_checkpoint(get_model("shufflenet_v2_x0_5", num_classes=2), weights)
+    assert cli("test", "shufflenet_v2_x0_5", weights, "--data", data / "val", "--workers", 0) == 2
+    assert "none of the 16 images in" in capsys.readouterr().err
+
+
+# -- recipe errors ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["[", ": :"])
+def test_a_set_value_that_is_not_yaml_is_one_line_naming_the_key(tiny, capsys, value: str) -> None:
+    config, data = tiny
+    assert cli("train", config, "--data", data, "--set", f"optim.lr={value}") == 2
+    err = capsys.readouterr().err
+    assert f"--set optim.lr: the value {value!r} is not valid YAML at line 1" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_recipe_that_is_not_yaml_is_one_line_with_its_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  lr: [0.1\n")
+    with pytest.raises(UserError) as error:
+        load_config(path)
+    assert str(error.value).startswith(f"config {path} is not valid YAML at line 3, column 1: expected ',' or ']'")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("base", ["5", "[tiny.yaml]"])
+def test_base_must_be_one_path(tiny, base: str) -> None:
+    config, _ = tiny
+    recipe = config.parent / "child.yaml"
+    recipe.write_text(f"_base_: {base}\n")
+    with pytest.raises(UserError, match=re.escape(f"config {recipe}: _base_ must be the path of one YAML file")):
+        load_config(recipe)
+
+
+def test_a_recipe_that_is_an_image_or_a_directory_is_refused(tmp_path: Path) -> None:
+    image = next((SUBSET / "train" / "frog").iterdir())
+    with pytest.raises(UserError, match=re.escape(f"config {image}: not a YAML file (not UTF-8 text)")):
+        load_config(image)
+    with pytest.raises(UserError, match=re.escape(f"config {tmp_path}: cannot read it: Is a directory")):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize("setting, rule", [
+    ("optim.lr=0", "greater than 0"), ("optim.lr=-0.1", "greater than 0"), ("optim.momentum=-0.5", "at least 0"),
+    ("optim.weight_decay=-1e-4", "at least 0"), ("optim.base_batch_size=0", "at least 1"),
+    ("train.label_smoothing=1.5", "at most 1"), ("train.label_smoothing=-0.1", "at least 0"),
+    ("data.augment.hflip=2", "at most 1"), ("data.augment.random_erasing=-0.5", "at least 0"),
+    ("data.augment.mixup_alpha=-1", "at least 0"), ("data.augment.cutmix_alpha=-0.2", "at least 0"),
+])
+def test_numbers_out_of_their_range_are_refused_with_the_key(setting: str, rule: str) -> None:
+    key, value = setting.split("=")
+    got = float(value) if key != "optim.base_batch_size" else int(value)
+    with pytest.raises(UserError, match=re.escape(f"config key {key}: must be {rule}, got {got!r}")):
+        load_config(None, [setting])
+
+
+def test_a_negative_lr_flag_and_nesterov_without_momentum_are_refused(tiny, tmp_path: Path, capsys) -> None:
+    config, data = tiny
+    assert cli("train", config, "--data", data, "--lr", "-0.1", "--work-dir", tmp_path / "run") == 2
+    assert "config key optim.lr: must be greater than 0, got -0.1" in capsys.readouterr().err
+    with pytest.raises(UserError, match=re.escape("config key optim.nesterov: true needs optim.momentum greater than 0")):
+        load_config(None, ["optim.nesterov=true", "optim.momentum=0"])
+    assert load_config(None, ["optim.name=adamw", "optim.nesterov=true", "optim.momentum=0"]).optim.name == "adamw"
+
+
+def test_a_pad_crop_larger_than_the_cached_images_is_refused_before_training(tiny, tmp_path: Path, monkeypatch) -> None:
+    from shufflenet.engine import builders
+
+    monkeypatch.setattr(builders, "CACHE_DIR", tmp_path / "cache")
+    config, data = tiny
+    recipe = load_config(config, [f"data.root={data}", "data.cache_decoded=true", "data.augment.crop_size=64"])
+    with pytest.raises(UserError, match=re.escape("data.augment.crop_size 64 is larger than the padded 32x32 images")):
+        builders.build_datasets(recipe.data)

@@ -1,7 +1,10 @@
 """Result files are never clobbered by accident: `export` and `convert` refuse an existing output
-without --force, never write onto their input, and a failed write leaves the old file as it was."""
+without --force and never write onto their input, `train` and `demo` refuse a folder holding files
+they would overwrite, and a failed write leaves the old file as it was."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +52,60 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
         partial.write_bytes(b"half")
         raise RuntimeError("disk full")
     assert out.read_bytes() == b"old" and list(tmp_path.iterdir()) == [out]
+
+
+def test_export_checks_the_suffix_and_the_output_folder(weights, tmp_path, capsys):
+    assert main(["export", str(weights), "--format", "torchscript", "-o", str(tmp_path / "m.onnx")]) == 2
+    assert "a TorchScript file must not end in .onnx" in capsys.readouterr().err
+    assert main(["export", str(weights), "-o", str(tmp_path / "m.bin")]) == 2
+    assert "an ONNX file needs the .onnx suffix" in capsys.readouterr().err
+    assert main(["export", str(weights), "-o", str(weights / "m.onnx")]) == 2  # a file where a folder must be
+    assert "cannot be a folder: a file of that name" in capsys.readouterr().err
+
+
+def test_convert_never_writes_onto_its_input_nor_drops_our_metadata(weights, tmp_path, capsys):
+    before = weights.read_bytes()
+    assert main(["convert", str(weights), "-o", str(weights), "--force"]) == 2
+    assert "is the input file" in capsys.readouterr().err
+    assert main(["convert", str(weights), "-o", str(tmp_path / "c.safetensors"), "--from", "torchvision"]) == 2
+    assert "is a shufflenet checkpoint, not a torchvision one; leave out --from" in capsys.readouterr().err
+    assert weights.read_bytes() == before and not (tmp_path / "c.safetensors").exists()
+
+
+@pytest.fixture()
+def recipe(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("model: {name: shufflenet_v2_x0_5, num_classes: 2}  # the user's comments\n")
+    return path
+
+
+def test_train_never_overwrites_a_folder_of_run_files_or_its_recipe(recipe, tmp_path, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "summary.json").write_text("precious")
+    assert main(["train", str(recipe), "--work-dir", str(work)]) == 2
+    assert "already holds a run's files (summary.json)" in capsys.readouterr().err
+    other = tmp_path / "other" / "checkpoints" / "last.pt"  # another run's checkpoint does not continue this one
+    assert main(["train", str(recipe), "--work-dir", str(work), "--resume", str(other)]) == 2
+    assert "already holds a run's files" in capsys.readouterr().err
+    assert (work / "summary.json").read_text() == "precious"
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "config.yaml").write_text(recipe.read_text())
+    assert main(["train", str(own / "config.yaml"), "--work-dir", str(own), "--force"]) == 2
+    assert "is where the run writes its resolved config" in capsys.readouterr().err
+    assert (own / "config.yaml").read_text() == recipe.read_text()
+    assert main(["train", str(recipe), "--work-dir", str(work / "summary.json")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_demo_writes_into_a_foreign_folder_only_with_force(tmp_path, capsys):
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "report.md").write_text("precious")
+    args = ["demo", "--config", str(repo / "configs/cifar10/shufflenet_v2_x0_5_quick.yaml"),
+            "--data", str(repo / "demo/cifar10-subset"), "--work-dir", str(out)]
+    assert main(args) == 2
+    assert "is not empty and the demo overwrites what it writes there; pass --force" in capsys.readouterr().err
+    assert (out / "report.md").read_text() == "precious"

@@ -15,7 +15,7 @@ def atomic_destination(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step,
     on an error it is deleted and ``path`` is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         yield temporary
@@ -23,6 +23,13 @@ def atomic_destination(path: str | Path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"{folder} cannot be a folder: a file of that name (or of a parent's) exists") from None
 
 
 def _umask() -> int:
@@ -35,8 +42,8 @@ def check_output(output: Path, force: bool, source: str | Path | None = None) ->
     """Refuse to overwrite an existing file unless ``force``, and never write onto ``source``."""
     if source is not None and Path(source).exists() and output.resolve() == Path(source).resolve():
         raise UserError(f"{output} is the input file; choose another output with -o")
-    if output.exists() and not force:
-        raise UserError(f"{output} exists; pass --force to overwrite it")
     if output.is_dir():
         raise UserError(f"{output} is a directory; give a file name with -o")
+    if output.exists() and not force:
+        raise UserError(f"{output} exists; pass --force to overwrite it")
     return output

@@ -31,7 +31,7 @@ def run_convert(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.suffix != ".safetensors":
         raise UserError(f"output must end in .safetensors, got {output.name!r}")
-    check_output(output, args.force)
+    check_output(output, args.force, source=args.source)
     spec = get_spec(args.model) if args.model else None
     model = load_checkpoint(args.source, args.source_format, spec=spec)
     save_checkpoint(model, output)

@@ -17,6 +17,7 @@ from .table import format_table
 
 DEFAULT_CONFIG = "configs/cifar10/shufflenet_v2_x0_5_quick.yaml"
 DEFAULT_DATA = "demo/cifar10-subset"
+DEFAULT_WORK_DIR = "runs/demo"
 SAMPLES_PER_CLASS = 1
 
 
@@ -29,8 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"training recipe (default {DEFAULT_CONFIG})")
     p.add_argument("--data", default=DEFAULT_DATA, help=f"folder with train/ and val/ (default {DEFAULT_DATA})")
-    p.add_argument("--work-dir", default="runs/demo", help="where everything goes (default runs/demo)")
+    p.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help=f"where everything goes (default {DEFAULT_WORK_DIR}, the demo's own)")
     p.add_argument("--epochs", type=int_at_least(1), help="override the recipe's epochs (at least 1)")
+    p.add_argument("--force", action="store_true", help="write into a --work-dir other than runs/demo that is not empty")
     p.set_defaults(func=run_demo)
 
 
@@ -45,12 +47,14 @@ def run_demo(args: argparse.Namespace) -> int:
             raise UserError(f"{path} not found: run the demo from the repository root (or pass --config/--data)")
     samples = sample_images(Path(args.data) / "val")  # before training, so a bad folder fails at once
     out = Path(args.work_dir)
+    if out.resolve() != Path(DEFAULT_WORK_DIR).resolve() and out.is_dir() and any(out.iterdir()) and not args.force:
+        raise UserError(f"{out} is not empty and the demo overwrites what it writes there; pass --force or another --work-dir")
     overrides = [f"data.root={args.data}"] + ([f"schedule.epochs={args.epochs}"] if args.epochs is not None else [])
     config = load_config(args.config, overrides)
     start = time.perf_counter()
 
     _step(1, f"train {config.model.name} on {args.data} for {config.schedule.epochs} epochs")
-    train(config, out / "train", force=True)  # the demo's own scratch folder: each run starts afresh
+    train(config, out / "train", force=True)  # the demo's folder (or --force): each run starts afresh
     weights = out / "train" / "model.safetensors"
 
     _step(2, "evaluate on the validation images")

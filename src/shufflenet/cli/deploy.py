@@ -208,6 +208,9 @@ def run_export(args: argparse.Namespace) -> int:
         raise UserError(f"{args.calib}: no images found for calibration")
     suffix = {"torchscript": ".pt", "onnx": ".int8.onnx" if args.int8 else ".fp16.onnx" if args.fp16 else ".onnx"}[args.format]
     output = check_output(Path(args.output) if args.output else default_output(args.model, suffix), args.force, args.model)
+    if (output.suffix.lower() == ".onnx") != (args.format == "onnx"):  # runtimes tell the two apart by the suffix
+        rule = "an ONNX file needs the .onnx suffix" if args.format == "onnx" else "a TorchScript file must not end in .onnx"
+        raise UserError(f"-o {output}: {rule}")
     model = load_torch_model(args.model)
     if args.format == "torchscript":
         with atomic_destination(output) as partial:
@@ -257,10 +260,13 @@ def _register_bench(subparsers: argparse._SubParsersAction) -> None:
 
 def bench_model(source: str) -> torch.nn.Module:
     """A checkpoint if ``source`` is a file, else the architecture with random weights."""
-    from ..deploy.runtimes import load_torch_model
+    from ..deploy.runtimes import is_onnx_file, load_torch_model
     from ..models import get_model
+    from ..weights import is_checkpoint_path
 
-    return load_torch_model(source) if Path(source).is_file() else get_model(source)
+    if is_onnx_file(source):
+        raise UserError(f"{source}: bench exports and runs PyTorch models itself; give a model name or a weights file")
+    return load_torch_model(source) if is_checkpoint_path(source) else get_model(source)
 
 
 def alexnet() -> torch.nn.Module:

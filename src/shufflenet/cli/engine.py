@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int_at_least(1), default=100)
     p.add_argument("--workers", type=int_at_least(0), default=2, help="data-loading processes (0: in the main process)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", metavar="DIR", help="where confusion.png goes (default: next to the checkpoint)")
+    p.add_argument("--out", metavar="DIR", help="where confusion.png goes (default: next to the checkpoint; an existing one is replaced)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.set_defaults(func=run_test)
 
@@ -77,7 +77,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, [*args.overrides, *flag_overrides(args)])
     work_dir = Path(args.work_dir or Path("runs") / Path(args.config).stem)
-    summary = train(config, work_dir, resume=args.resume, force=args.force)
+    summary = train(config, work_dir, resume=args.resume, force=args.force, recipe=args.config)
     if summary.get("final_top1") is not None:
         print(f"done: top-1 {summary['final_top1']:.2f}%  top-5 {summary['final_top5']:.2f}%  (best {summary['best_top1']:.2f}%)"
               f"  weights: {work_dir / 'model.safetensors'}")

@@ -7,8 +7,8 @@ import json
 
 from ..complexity import complexity
 from ..errors import UserError
-from ..models.registry import get_spec, list_models
-from ..weights.hub import list_pretrained
+from ..models.registry import get_spec, list_models, split_name
+from ..weights.hub import get_tag, list_pretrained
 from .table import format_table
 
 
@@ -70,11 +70,19 @@ def _expand(patterns: list[str]) -> list[str]:
         return list_models()
     names: list[str] = []
     for pattern in patterns:
-        found = list_models(pattern) if any(c in pattern for c in "*?[") else [get_spec(pattern).name]
+        found = list_models(pattern) if any(c in pattern for c in "*?[") else [_named(pattern)]
         if not found:
             raise UserError(f"no model matches {pattern!r}")
         names += [n for n in found if n not in names]
     return names
+
+
+def _named(name: str) -> str:
+    """The model of ``name`` or ``name.tag``; a tag that does not exist is an error, not ignored."""
+    spec, tag = split_name(name)
+    if tag:
+        get_tag(spec.name, tag)
+    return spec.name
 
 
 def _delta(ours: int, ref: int | None) -> str | None:

@@ -7,6 +7,7 @@ and the batch dimension (and height and width) can be dynamic.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import warnings
@@ -25,12 +26,16 @@ DEFAULT_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
-def model_metadata(model: nn.Module) -> dict[str, str]:
-    """What a runtime needs besides the weights, as ONNX ``metadata_props`` strings."""
+def model_metadata(model: nn.Module, input_size: int | None = None) -> dict[str, str]:
+    """What a runtime needs besides the weights, as ONNX ``metadata_props`` strings; ``input_size``:
+    the static input the file was exported for, whose preprocessing crops to it (resize scaled alike)."""
     class_names = getattr(model, "class_names", None)
+    prep = getattr(model, "preprocessing", IMAGENET)
+    if input_size and input_size != prep.crop_size:
+        prep = dataclasses.replace(prep, crop_size=input_size, resize_size=round(prep.resize_size * input_size / prep.crop_size))
     return {
         "model_name": getattr(model, "model_name", None) or type(model).__name__,
-        "preprocessing": json.dumps(getattr(model, "preprocessing", IMAGENET).to_dict()),
+        "preprocessing": json.dumps(prep.to_dict()),
         **({"class_names": json.dumps(list(class_names))} if class_names else {}),
     }
 
@@ -88,7 +93,7 @@ def to_onnx(
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes,
         )
     proto = onnx.load_from_string(buffer.getvalue())
-    set_metadata(proto, model_metadata(model))
+    set_metadata(proto, model_metadata(model, None if dynamic_size else input_size))
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
@@ -127,4 +132,4 @@ def export_torchscript(model: nn.Module, path: str | Path, input_size: int | Non
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(fused, example_input(model, 1, input_size))
-    torch.jit.save(traced, str(path), _extra_files={"shufflenet.json": json.dumps(model_metadata(model))})
+    torch.jit.save(traced, str(path), _extra_files={"shufflenet.json": json.dumps(model_metadata(model, input_size))})

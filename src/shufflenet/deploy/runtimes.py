@@ -156,7 +156,10 @@ def ort_runner(proto: onnx.ModelProto, device: str | None, threads: int | None) 
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(session.run(None, {input_name: array})[0])
+        try:
+            return torch.from_numpy(session.run(None, {input_name: array})[0])
+        except ort.capi.onnxruntime_pybind11_state.InvalidArgument as error:  # e.g. a static file fed another size
+            raise UserError(f"the ONNX model rejects an input of shape {tuple(array.shape)}: {error}") from None
 
     return run
 

@@ -39,9 +39,14 @@ def load_training_state(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged or foreign file
         raise UserError(f"{path}: not a readable training checkpoint ({type(error).__name__}: {error})") from None
-    if not isinstance(state, dict) or "model" not in state or "position" not in state:
-        raise UserError(f"{path}: not a training-state checkpoint of `shufflenet train` (no model/position)")
+    check_training_state(state, path)
     return state
+
+
+def check_training_state(state: object, path: Path) -> None:
+    missing = [key for key in ("model", "position", "config") if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise UserError(f"{path}: not a training-state checkpoint of `shufflenet train` (no {'/'.join(missing)})")
 
 
 def training_weights(state: dict) -> tuple[dict[str, torch.Tensor], str]:
@@ -57,6 +62,7 @@ def training_weights(state: dict) -> tuple[dict[str, torch.Tensor], str]:
 def model_from_training_state(state: dict, path: Path) -> nn.Module:
     """The network of a training state (eval mode), as ``model.safetensors`` would hold it: its
     ``training_weights``, in torchvision's channel order, with class names, preprocessing and source."""
+    check_training_state(state, path)
     config = from_dict(state["config"])  # the run's own model settings: the weights fit no other
     model = builders.build_training_model(config, state.get("class_names"), from_checkpoint=True)
     weights, kind = training_weights(state)

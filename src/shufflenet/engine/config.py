@@ -8,6 +8,7 @@ An unknown key or a value of the wrong type fails at once with the list of valid
 from __future__ import annotations
 
 import dataclasses
+import operator
 import re
 import types
 import typing
@@ -125,24 +126,37 @@ class Config:
         return dataclasses.asdict(self)
 
 
-# the smallest value of each count: below it the loop divides by zero, loads nothing or never logs
-MINIMUMS = {
-    "model.num_classes": 1,
-    "data.train_per_class": 1,
-    "data.num_workers": 0,
-    "data.augment.crop_size": 1,
-    "data.augment.padding": 0,
-    "data.augment.repeats": 1,
-    "data.eval.resize_size": 1,
-    "data.eval.crop_size": 1,
-    "schedule.epochs": 1,
-    "schedule.warmup_epochs": 0,
-    "train.batch_size": 1,
-    "train.grad_accum_steps": 1,
-    "train.bn_recalibration_batches": 0,
-    "train.checkpoint_every_steps": 0,
-    "train.log_every_steps": 1,
-    "train.eval_every_epochs": 1,
+# the range of each number: outside it the loop divides by zero, loads nothing or never logs, or
+# torch and torchvision refuse the value with a traceback
+AT_LEAST, GREATER_THAN, AT_MOST = "at least", "greater than", "at most"
+_COMPARE = {AT_LEAST: operator.ge, GREATER_THAN: operator.gt, AT_MOST: operator.le}
+PROBABILITY = {AT_LEAST: 0, AT_MOST: 1}
+BOUNDS = {
+    "model.num_classes": {AT_LEAST: 1},
+    "data.train_per_class": {AT_LEAST: 1},
+    "data.num_workers": {AT_LEAST: 0},
+    "data.augment.crop_size": {AT_LEAST: 1},
+    "data.augment.padding": {AT_LEAST: 0},
+    "data.augment.hflip": PROBABILITY,
+    "data.augment.random_erasing": PROBABILITY,
+    "data.augment.mixup_alpha": {AT_LEAST: 0},
+    "data.augment.cutmix_alpha": {AT_LEAST: 0},
+    "data.augment.repeats": {AT_LEAST: 1},
+    "data.eval.resize_size": {AT_LEAST: 1},
+    "data.eval.crop_size": {AT_LEAST: 1},
+    "optim.lr": {GREATER_THAN: 0},
+    "optim.base_batch_size": {AT_LEAST: 1},
+    "optim.momentum": {AT_LEAST: 0},
+    "optim.weight_decay": {AT_LEAST: 0},
+    "schedule.epochs": {AT_LEAST: 1},
+    "schedule.warmup_epochs": {AT_LEAST: 0},
+    "train.batch_size": {AT_LEAST: 1},
+    "train.grad_accum_steps": {AT_LEAST: 1},
+    "train.label_smoothing": PROBABILITY,
+    "train.bn_recalibration_batches": {AT_LEAST: 0},
+    "train.checkpoint_every_steps": {AT_LEAST: 0},
+    "train.log_every_steps": {AT_LEAST: 1},
+    "train.eval_every_epochs": {AT_LEAST: 1},
 }
 
 
@@ -154,8 +168,15 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
-def _parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
+def _parse_yaml(text: str, source: str) -> Any:
+    """``text`` parsed, or a one-line UserError naming ``source`` (yaml's own message spans lines)."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UserError(f"{source} is not valid YAML{where}: {problem}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
@@ -167,23 +188,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
 
 def from_dict(raw: dict) -> Config:
-    return _build(Config, raw, "")
+    config = _build(Config, raw, "")
+    optim = config.optim
+    if optim.name == "sgd" and optim.nesterov and optim.momentum == 0:  # torch.optim.SGD would raise
+        raise UserError("config key optim.nesterov: true needs optim.momentum greater than 0")
+    return config
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
     if path.resolve() in seen:
         raise UserError(f"config {path}: _base_ chain loops back to itself")
     try:
-        raw = _parse_yaml(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise UserError(f"config {path}: not valid YAML: {error}") from None
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config {path}: not a YAML file (not UTF-8 text)") from None
+    except OSError as error:  # a directory, no permission...
+        raise UserError(f"config {path}: cannot read it: {error.strerror}") from None
+    raw = _parse_yaml(text, f"config {path}") or {}
     if not isinstance(raw, dict):
         raise UserError(f"config {path}: expected a mapping of sections, got {type(raw).__name__}")
     base = raw.pop("_base_", None)
     if base is None:
         return raw
+    if not isinstance(base, str):
+        raise UserError(f"config {path}: _base_ must be the path of one YAML file (relative to this one), got {base!r}")
     return _merge(_read_yaml(path.parent / base, (*seen, path.resolve())), raw)
 
 
@@ -205,7 +235,7 @@ def _apply_override(raw: dict, item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise UserError(f"--set {key}: {part!r} is not a section")
-    node[leaf] = _parse_yaml(text) if text.strip() else None
+    node[leaf] = _parse_yaml(text, f"--set {key.strip()}: the value {text!r}") if text.strip() else None
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -223,7 +253,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         if dataclasses.is_dataclass(hint):
             values[key] = _build(hint, value, f"{prefix}{key}.")
         else:
-            values[key] = _check_minimum(_check(value, hint, f"{prefix}{key}"), f"{prefix}{key}")
+            values[key] = _check_bounds(_check(value, hint, f"{prefix}{key}"), f"{prefix}{key}")
     return cls(**values)
 
 
@@ -255,10 +285,10 @@ def _check(value: Any, hint: Any, key: str) -> Any:
     raise UserError(f"config key {key}: expected {_describe(hint)}, got {value!r}")
 
 
-def _check_minimum(value: Any, key: str) -> Any:
-    minimum = MINIMUMS.get(key)
-    if minimum is not None and value is not None and value < minimum:
-        raise UserError(f"config key {key}: must be at least {minimum}, got {value!r}")
+def _check_bounds(value: Any, key: str) -> Any:
+    for words, bound in BOUNDS.get(key, {}).items():
+        if value is not None and not _COMPARE[words](value, bound):
+            raise UserError(f"config key {key}: must be {words} {bound}, got {value!r}")
     return value
 
 

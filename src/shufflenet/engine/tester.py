@@ -11,6 +11,7 @@ from torch import nn
 from ..data.datasets import ImageDataset
 from ..data.preprocess import Preprocessing
 from ..errors import UserError
+from ..files import make_folder
 from . import builders
 from .checkpoint import load_training_state, model_from_training_state
 from .config import Config, from_dict, load_config
@@ -50,9 +51,11 @@ def test(
         result = evaluate(model, loader, num_classes, builders.normalizer(prep, runtime.device), runtime, on_corrupt=reporter)
     finally:
         shutdown()
+    if not result["images"]:
+        raise UserError(f"none of the {result['skipped_images']} images in {path} could be read")
     result = _for_the_folder_classes(result, folder.classes, dataset.classes)
     png = Path(out or checkpoint.parent) / "confusion.png"
-    png.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(png.parent)
     from .plots import plot_confusion
 
     plot_confusion(result["confusion"], result["class_names"], png)
@@ -65,18 +68,23 @@ def load_model(checkpoint: Path, source: str, config: Config | None) -> tuple[nn
     """A training-state file of ``shufflenet train`` (its EMA weights when it has them), an ONNX
     export, or any weights file ``shufflenet.weights`` reads; modules come back in eval mode."""
     if not checkpoint.is_file():
-        raise UserError(f"checkpoint not found: {checkpoint}")
+        missing = f"{checkpoint} is a folder; give a checkpoint file" if checkpoint.is_dir() else f"checkpoint not found: {checkpoint}"
+        raise UserError(missing)
     if checkpoint.suffix.lower() == ".onnx":
         from ..deploy import load_runtime
 
         return load_runtime(checkpoint, backend="onnxruntime"), config
     state = _training_state(checkpoint) if checkpoint.suffix in (".pt", ".pth") else None
-    if state is not None:
-        return model_from_training_state(state, checkpoint), config or from_dict(state["config"])
     from .. import models
-    from ..weights import load_checkpoint
 
     spec = models.get_spec(config.model.name if config else source)
+    if state is not None:
+        trained = models.get_spec(state["config"]["model"]["name"])
+        if trained.name != spec.name:
+            raise UserError(f"{checkpoint} is a training state of {trained.name}, not of {spec.name}")
+        return model_from_training_state(state, checkpoint), config or from_dict(state["config"])
+    from ..weights import load_checkpoint
+
     return load_checkpoint(checkpoint, spec=spec).eval(), config
 
 

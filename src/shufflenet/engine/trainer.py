@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..files import atomic_destination
+from ..files import atomic_destination, make_folder
 from ..weights.checkpoint import non_finite
 from . import builders
 from .checkpoint import copy_atomic, load_training_state, restore_rng_state, rng_state, save_atomic
@@ -52,13 +52,22 @@ class Position:
     global_step: int = 0
 
 
-def train(config: Config, work_dir: str | Path, resume: str | Path | bool = False, force: bool = False) -> dict:
+def train(config: Config, work_dir: str | Path, resume: str | Path | bool = False, force: bool = False,
+          recipe: str | Path | None = None) -> dict:
     """Train ``config``; ``resume=True`` continues from ``work_dir/checkpoints/last.pt`` if present.
-    A fresh start into a work dir that holds a run needs ``force`` (it overwrites that run), also
-    under ``resume=True`` when the run left no checkpoint to continue from."""
+    A fresh start into a work dir that holds a run's files needs ``force`` (it overwrites them), also
+    under ``resume=True`` when the run left no checkpoint, or when ``resume`` names another run's
+    checkpoint. ``recipe`` (the YAML file ``config`` came from) is never overwritten by a fresh start."""
     work_dir = Path(work_dir)
-    if not force and _resume_path(resume, work_dir / "checkpoints") is None:
-        _refuse_to_overwrite(work_dir)
+    if work_dir.exists() and not work_dir.is_dir():
+        raise UserError(f"--work-dir {work_dir} is a file, not a folder")
+    resume_path = _resume_path(resume, work_dir / "checkpoints")
+    continues_this_run = resume_path is not None and resume_path.resolve().parent == (work_dir / "checkpoints").resolve()
+    if not continues_this_run:
+        if recipe is not None and Path(recipe).resolve() == (work_dir / "config.yaml").resolve():
+            raise UserError(f"the recipe {recipe} is where the run writes its resolved config; move it or use another --work-dir")
+        if not force:
+            _refuse_to_overwrite(work_dir)
     runtime = init_runtime(config.train.device)
     try:
         with StopRequest() as stop:
@@ -114,16 +123,20 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
         state = load_training_state(resume_path)
         _check_same_model(state, config, resume_path)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+        except (KeyError, ValueError) as error:  # e.g. optim.name or optim.no_decay_1d changed
+            raise UserError(f"{resume_path}: its optimizer state does not fit the recipe's optim settings ({error}); "
+                            "resume with the recipe it was trained with") from None
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
         position, history, best_top1 = Position(**state["position"]), state["history"], state["best_top1"]
         restore_rng_state(state["rng"])
         _say(runtime, f"resumed from {resume_path} at epoch {position.epoch + 1}, step {position.global_step}")
     if runtime.is_main:  # only now that the setup holds: a recipe that fails leaves nothing behind
-        work_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(work_dir)
         save_config(config, work_dir / "config.yaml")
 
     def diverged(what: str) -> TrainingDiverged:
@@ -231,6 +244,8 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
         if not torch.isfinite(totals[0]):
             raise diverged(f"the loss became {totals[0].item()} in epoch {epoch + 1}")
         epoch_totals += totals
+        if not epoch_totals[1]:
+            raise UserError(f"no training image could be read in epoch {epoch + 1} ({int(epoch_totals[2])} skipped)")
         train_seconds = time.perf_counter() - start
 
         # ---- evaluation and checkpoints, at the end of each epoch --------------------------------
@@ -295,12 +310,16 @@ def _check_same_model(state: dict, config: Config, path: Path) -> None:
         raise UserError(f"{path} was trained with other model settings ({changed}); resume with the recipe it was trained with")
 
 
+RUN_FILES = ("checkpoints/last.pt", "checkpoints/best.pt", "model.safetensors", "config.yaml", "metrics.jsonl", "summary.json",
+             "curves.png")
+
+
 def _refuse_to_overwrite(work_dir: Path) -> None:
-    found = [name for name in ("checkpoints/last.pt", "model.safetensors") if (work_dir / name).is_file()]
+    found = [name for name in RUN_FILES if (work_dir / name).is_file()]
     if found:
         resumable = "pass --resume to continue it, " if "checkpoints/last.pt" in found else "it has no checkpoint to resume; "
-        raise UserError(f"{work_dir} already holds a run ({', '.join(found)}); {resumable}"
-                        "pass --force to start afresh and overwrite it, or another --work-dir")
+        raise UserError(f"{work_dir} already holds a run's files ({', '.join(found)}); {resumable}"
+                        "pass --force to start afresh and overwrite them, or another --work-dir")
 
 
 def _resume_path(resume: str | Path | bool, checkpoints: Path) -> Path | None:

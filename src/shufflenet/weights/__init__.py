@@ -19,14 +19,19 @@ from .hub import fit_classifier, list_pretrained
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".safetensors", ".ckpt", ".pkl", ".bin")
 
 
+def is_checkpoint_path(source: str | Path) -> bool:
+    """Whether ``source`` names a file (existing or not) rather than a model: a model name has no suffix or slash."""
+    text = str(source)
+    return Path(text).exists() or text.endswith(CHECKPOINT_SUFFIXES) or "/" in text
+
+
 def load_model(source: str | Path, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
     """A ready model (eval mode) from a name (its default weights), ``name.tag`` or a checkpoint path."""
     from ..models.registry import get_model
 
-    text = str(source)
-    if Path(text).is_file() or text.endswith(CHECKPOINT_SUFFIXES) or "/" in text:
-        return fit_classifier(load_checkpoint(text, **kwargs), num_classes).eval()
-    return get_model(text, pretrained=True, num_classes=num_classes, **kwargs)
+    if is_checkpoint_path(source):
+        return fit_classifier(load_checkpoint(source, **kwargs), num_classes).eval()
+    return get_model(str(source), pretrained=True, num_classes=num_classes, **kwargs)
 
 
-__all__ = ["FORMATS", "CheckpointError", "list_pretrained", "load_checkpoint", "load_model", "save_checkpoint"]
+__all__ = ["FORMATS", "CheckpointError", "is_checkpoint_path", "list_pretrained", "load_checkpoint", "load_model", "save_checkpoint"]

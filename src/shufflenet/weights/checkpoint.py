@@ -169,6 +169,8 @@ def load_checkpoint(
     raw = read_file(path)
     if raw.training_state is not None:
         raw = _from_training_state(raw.training_state, Path(path))
+    if raw.metadata.get("shufflenet.format") and source_format not in ("auto", "ours"):  # a foreign reading would drop its metadata
+        raise CheckpointError(f"{path} is a shufflenet checkpoint, not a {source_format} one; leave out --from")
     fmt = detect_format(raw) if source_format == "auto" else source_format
     if fmt == "ours" or (fmt == "state_dict" and raw.metadata):
         model = _load_ours(raw, path, spec, model_kwargs)

@@ -49,6 +49,8 @@ class RawCheckpoint:
 # -- reading files ---------------------------------------------------------------------------------
 def read_file(path: str | Path) -> RawCheckpoint:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     with path.open("rb") as f:
