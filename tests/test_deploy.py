@@ -239,6 +239,37 @@ def test_int8_float_keeps_the_named_modules_in_float(trained, capsys):
         assert (load_runtime(out)(x).argmax(1) == model(x).argmax(1)).float().mean() >= 0.98
 
 
+
+def test_a_qat_model_exports_as_the_int8_model_onnx_runtime_runs(trained, tmp_path):
+    """Every conv of the exported QAT model becomes an integer QLinearConv in ONNX Runtime, and it
+    answers as the PyTorch simulation does."""
+    import onnxruntime as ort
+
+    from shufflenet.deploy.qat import prepare_qat
+
+    model, _, (x, _) = trained
+    qat = prepare_qat(model)
+    with torch.no_grad():
+        for batch in x.split(64):  # observe the activation ranges, as the first training steps do
+            qat(batch)
+    qat.eval()
+    qat(x[:8]).logsumexp(1).sum().backward()  # straight-through gradients reach the weights
+    assert all(p.grad is not None for p in qat.parameters())
+    with torch.no_grad():
+        simulated, exact = qat(x), model(x)
+    assert (simulated.argmax(1) == exact.argmax(1)).float().mean() >= 0.98
+    export_onnx(qat, tmp_path / "qat.onnx", dynamic_batch=True)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "qat.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ops.count("QLinearConv") == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) and "Conv" not in ops
+    int8 = load_runtime(tmp_path / "qat.onnx")(x)
+    assert (int8.argmax(1) == simulated.argmax(1)).float().mean() >= 0.98
+    # not bit-equal: a last-bit difference between two float kernels can move a value across a
+    # rounding boundary, and the one-step difference then travels on (ORT without optimisations too)
+    assert (int8 - simulated).abs().mean() <= 0.02 * simulated.abs().max()
+
 def test_int8_needs_calibration_images(trained, tmp_path):
     _, folder, _ = trained
     assert main(["export", str(folder / "small.safetensors"), "--int8"]) == 2

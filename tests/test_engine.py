@@ -590,6 +590,25 @@ def test_a_training_checkpoint_is_read_as_its_ema_weights_by_test_predict_and_co
         assert "not a training-state checkpoint of `shufflenet train` (no config)" in capsys.readouterr().err
 
 
+
+def test_quantization_aware_training_writes_the_int8_file_it_evaluated(tiny, tmp_path: Path, capsys) -> None:
+    config, data = tiny
+    base, qat = tmp_path / "base", tmp_path / "qat"
+    assert cli("train", config, "--data", data, "--epochs", 1, "--work-dir", base) == 0
+    assert cli("train", config, "--data", data, "--epochs", 1, "--work-dir", qat, "--set", "train.qat=true") == 2
+    assert "train.qat does not go with model.pretrained unset" in capsys.readouterr().err
+    assert cli("train", config, "--data", data, "--epochs", 1, "--work-dir", qat, "--set", "train.qat=true",
+               "--set", f"model.pretrained={base / 'model.safetensors'}") == 0
+    assert f"weights: {qat / 'model.int8.onnx'}" in capsys.readouterr().out
+    assert not (qat / "model.safetensors").exists()
+    scored = json.loads((qat / "summary.json").read_text())["final_top1"]
+    for weights in (qat / "checkpoints" / "best.pt", qat / "model.int8.onnx"):  # the simulation, then ONNX Runtime's INT8
+        assert cli("test", "shufflenet_v2_x0_5", weights, "--data", data, "--workers", 0, "--out", tmp_path, "--json") == 0
+        top1 = json.loads(capsys.readouterr().out)["top1"]
+        assert abs(top1 - scored) <= 100 / 16 + 1e-9  # ONNX Runtime's integer arithmetic may flip one of 16 images
+    assert cli("convert", qat / "checkpoints" / "best.pt", "-o", tmp_path / "q.safetensors") == 2
+    assert "save it as INT8 ONNX with `shufflenet export`" in capsys.readouterr().err
+
 def test_data_that_cannot_be_read_at_all_is_an_error_not_a_score(tiny, tmp_path: Path, capsys) -> None:
     config, data = tiny
     for image in data.rglob("*.*"):

@@ -212,6 +212,9 @@ def run_export(args: argparse.Namespace) -> int:
         rule = "an ONNX file needs the .onnx suffix" if args.format == "onnx" else "a TorchScript file must not end in .onnx"
         raise UserError(f"-o {output}: {rule}")
     model = load_torch_model(args.model)
+    qat = hasattr(model, "qat_weight_levels")  # a training state of `train.qat`: its export is the INT8 model
+    if qat and (args.int8 or args.fp16):
+        raise UserError(f"{args.model} is quantization-aware and exports as INT8 as it is; drop --int8/--fp16")
     if args.format == "torchscript":
         with atomic_destination(output) as partial:
             export_torchscript(model, partial, args.input_size)
@@ -229,7 +232,8 @@ def run_export(args: argparse.Namespace) -> int:
                 batches = image_batches(calibration, model.preprocessing, batch_size=16 if args.dynamic_batch else 1)
                 proto = quantize_onnx(fp32, partial, batches, keep_float=args.int8_float)
     batch = ("dynamic batch" if args.dynamic_batch else "batch 1") + (", dynamic height/width" if args.dynamic_size else "")
-    kind = f"INT8 calibrated on {len(calibration)} images" if args.int8 else "fp16, fp32 input and logits" if args.fp16 else "fp32"
+    kind = (f"INT8 calibrated on {len(calibration)} images" if args.int8 else "fp16, fp32 input and logits" if args.fp16
+            else "INT8 from quantization-aware training" if qat else "fp32")
     print(f"wrote {output} (ONNX opset {args.opset}, {batch}, {kind}, max tensor rank {max_tensor_rank(proto)})")
     return 0
 

@@ -176,10 +176,15 @@ def build_ema(model: nn.Module, train: TrainConfig) -> AveragedModel | None:
 # -- model ---------------------------------------------------------------------------------------
 def build_training_model(config: Config, class_names: list[str] | None = None, from_checkpoint: bool = False) -> nn.Module:
     """The model as training runs it: ``build_model``, then ShuffleNet V2 (torchvision layout) moved
-    to its even/odd routing when ``train.even_odd_routing`` asks (the same function, no shuffle).
+    to its even/odd routing when ``train.even_odd_routing`` asks (the same function, no shuffle), or
+    prepared for quantization-aware training when ``train.qat`` does.
     ``from_checkpoint``: a checkpoint holding every weight is loaded next, so ``model.pretrained``
     is not read (the run may have outlived that file)."""
     net = build_model(dataclasses.replace(config.model, pretrained=None) if from_checkpoint else config.model, class_names)
+    if config.train.qat:
+        from ..deploy.qat import prepare_qat
+
+        return prepare_qat(net)
     return routed(net, "even_odd") if config.train.even_odd_routing else net
 
 

@@ -104,6 +104,7 @@ class TrainConfig:
     even_odd_routing: bool = False  # V2 (torchvision layout) trains in its exact even/odd twin: no shuffle copies
     compile: bool = False
     sync_bn: bool = False
+    qat: bool = False  # quantization-aware fine-tuning of model.pretrained (deploy/qat.py); writes model.int8.onnx
     ema_decay: float | None = None  # e.g. 0.9998 per optimizer step; None: no EMA
     ema_warmup: bool = True  # decay min(ema_decay, (1+n)/(10+n)) at update n, so short runs get a usable average
     bn_recalibration_batches: int = 0  # Megvii: a final pass re-estimating BN statistics
@@ -192,6 +193,11 @@ def from_dict(raw: dict) -> Config:
     optim = config.optim
     if optim.name == "sgd" and optim.nesterov and optim.momentum == 0:  # torch.optim.SGD would raise
         raise UserError("config key optim.nesterov: true needs optim.momentum greater than 0")
+    train = config.train
+    clashes = {"model.pretrained unset": not config.model.pretrained, "train.even_odd_routing": train.even_odd_routing,
+               f"train.amp={train.amp}": train.amp != "none", "train.bn_recalibration_batches": train.bn_recalibration_batches > 0}
+    if train.qat and any(clashes.values()):  # QAT fine-tunes trained weights with BN folded, in float32
+        raise UserError(f"train.qat does not go with {', '.join(k for k, v in clashes.items() if v)}")
     return config
 
 

@@ -288,7 +288,7 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
         _say(runtime, f"after BN recalibration: top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}")
     if runtime.is_main:
         metadata = {"best_top1": best_top1, "epochs": config.schedule.epochs}
-        save_weights(builders.routed(final, "shuffle"), work_dir / "model.safetensors", metadata)
+        save_weights(builders.routed(final, "shuffle"), work_dir / final_weights_name(config), metadata)
         metrics_log.finish(history)
         (work_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     barrier(runtime)
@@ -310,8 +310,8 @@ def _check_same_model(state: dict, config: Config, path: Path) -> None:
         raise UserError(f"{path} was trained with other model settings ({changed}); resume with the recipe it was trained with")
 
 
-RUN_FILES = ("checkpoints/last.pt", "checkpoints/best.pt", "model.safetensors", "config.yaml", "metrics.jsonl", "summary.json",
-             "curves.png")
+RUN_FILES = ("checkpoints/last.pt", "checkpoints/best.pt", "model.safetensors", "model.int8.onnx", "config.yaml", "metrics.jsonl",
+             "summary.json", "curves.png")
 
 
 def _refuse_to_overwrite(work_dir: Path) -> None:
@@ -431,8 +431,19 @@ def recalibrate_bn(model: nn.Module, loader, train_input: Callable, batches: int
     model.eval()
 
 
+def final_weights_name(config: Config) -> str:
+    return "model.int8.onnx" if config.train.qat else "model.safetensors"
+
+
 def save_weights(model: nn.Module, path: Path, extra: dict) -> None:
-    """The final weights with their metadata (architecture, classes, preprocessing)."""
+    """The final weights with their metadata (architecture, classes, preprocessing); a QAT model
+    as the INT8 ONNX file it simulates (its weights have BN folded in, which our format has no place for)."""
     from ..weights import save_checkpoint
 
-    save_checkpoint(model, path, extra_metadata=extra)
+    if path.suffix == ".onnx":
+        from ..deploy.export import export_onnx
+
+        with atomic_destination(path) as partial:
+            export_onnx(model, partial, dynamic_batch=True)
+    else:
+        save_checkpoint(model, path, extra_metadata=extra)

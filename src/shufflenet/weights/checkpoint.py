@@ -253,6 +253,8 @@ def _contents(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]
     name = getattr(model, "model_name", None)
     if not name:
         raise CheckpointError("the model has no model_name; build it with shufflenet.get_model")
+    if hasattr(model, "qat_weight_levels"):
+        raise CheckpointError("a quantization-aware model has BN folded into its convs: save it as INT8 ONNX with `shufflenet export`")
     spec = get_spec(name)
     kwargs = variant_kwargs(model)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

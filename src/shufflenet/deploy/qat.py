@@ -1,0 +1,115 @@
+"""Quantization-aware training: the INT8 model that ONNX Runtime runs, simulated in float while training.
+
+``prepare_qat(model)`` folds BN into the convolutions and makes every conv and the classifier see
+what ONNX Runtime's INT8 kernels see: int8 weights per output channel (symmetric) and uint8
+activations per tensor (affine, range observed as a moving average while training), through
+``torch.fake_quantize_*`` (straight-through gradients). Those ops export as QuantizeLinear /
+DequantizeLinear pairs, which ONNX Runtime fuses into QLinearConv, so ``export_onnx`` of a prepared
+model *is* the INT8 file and computes what training evaluated; no calibration step follows.
+
+Weights use 7 of the 8 bits (scale = max|w| / 63) on CPUs without VNNI, for the same reason as
+``quantize.py``'s ``reduce_range``: their int8 kernels can saturate 16-bit sums with full-range weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..models.layers import ConvBNAct
+from .fuse import fuse_conv_bn
+from .quantize import cpu_has_vnni
+
+
+class FakeQuantize(nn.Module):
+    """uint8 per-tensor fake quantization; the range is a moving average of batch min/max in training."""
+
+    def __init__(self, momentum: float = 0.01) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("low", torch.tensor(float("nan")))  # nan: nothing observed yet
+        self.register_buffer("high", torch.tensor(float("nan")))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self._observe(x.detach())
+        low, high = self.low.clamp(max=0), self.high.clamp(min=0)  # zero must be exact: padding, ReLU
+        scale = ((high - low) / 255).clamp(min=1e-8)
+        zero_point = (-low / scale).round().clamp(0, 255).int()
+        if not self.training:  # fixed numbers: an export gets constants, not the arithmetic that made them
+            if torch.isnan(self.low):
+                raise RuntimeError("a QAT model runs in eval mode only after training batches set its activation ranges")
+            scale, zero_point = scale.item(), zero_point.item()
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 255)
+
+    @torch.no_grad()
+    def _observe(self, x: torch.Tensor) -> None:
+        low, high = x.min().float(), x.max().float()
+        if torch.isnan(self.low):
+            self.low.copy_(low)
+            self.high.copy_(high)
+        else:
+            self.low.lerp_(low, self.momentum)
+            self.high.lerp_(high, self.momentum)
+
+
+def fake_quantize_weight(weight: torch.Tensor, levels: int) -> torch.Tensor:
+    """Symmetric int8 per output channel: scale = max|w| / levels (127, or 63 for 7-bit weights)."""
+    scale = (weight.detach().abs().amax(dim=tuple(range(1, weight.dim()))) / levels).clamp(min=1e-12)
+    zero_point = torch.zeros_like(scale, dtype=torch.int32)
+    return torch.fake_quantize_per_channel_affine(weight, scale, zero_point, 0, -128, 127)
+
+
+class QuantConv2d(nn.Conv2d):
+    """A Conv2d (bias from the folded BN) with fake-quantized input and weights."""
+
+    levels: int
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, levels: int) -> QuantConv2d:
+        quant = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, conv.groups, conv.bias is not None, device=conv.weight.device)
+        quant.load_state_dict(conv.state_dict())
+        quant.levels, quant.input_quant = levels, FakeQuantize()
+        return quant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.input_quant(x), fake_quantize_weight(self.weight, self.levels), self.bias)
+
+
+class QuantLinear(nn.Linear):
+    """A Linear with fake-quantized input and weights."""
+
+    levels: int
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, levels: int) -> QuantLinear:
+        quant = cls(linear.in_features, linear.out_features, linear.bias is not None, device=linear.weight.device)
+        quant.load_state_dict(linear.state_dict())
+        quant.levels, quant.input_quant = levels, FakeQuantize()
+        return quant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.input_quant(x), fake_quantize_weight(self.weight, self.levels), self.bias)
+
+
+def prepare_qat(model: nn.Module, reduce_range: bool | None = None) -> nn.Module:
+    """A copy of ``model`` (training mode, metadata attributes kept) that trains as its INT8 version.
+
+    BN is folded first, so its statistics are frozen: QAT fine-tunes a trained model. Each
+    ``ConvBNAct`` quantizes its input, weights and (after the activation) its output, which gives
+    ONNX Runtime the Q/DQ pairs it needs around every conv; quantizing a tensor twice with the range
+    observed on the same values changes nothing. ``reduce_range=None``: 7-bit weights without VNNI.
+    """
+    levels = 63 if (not cpu_has_vnni() if reduce_range is None else reduce_range) else 127
+    prepared = fuse_conv_bn(model)
+    for module in list(prepared.modules()):
+        if isinstance(module, ConvBNAct):
+            module.conv = QuantConv2d.from_float(module.conv, levels)
+            module.add_module("output_quant", FakeQuantize())  # a Sequential: runs after conv, bn, act
+        for name, child in module.named_children():
+            if isinstance(child, nn.Linear):
+                setattr(module, name, QuantLinear.from_float(child, levels))
+    prepared.qat_weight_levels = levels
+    return prepared.train()
