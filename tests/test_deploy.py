@@ -18,6 +18,7 @@ from shufflenet.data.preprocess import CIFAR10
 from shufflenet.deploy import export_onnx, fuse_conv_bn, load_runtime, max_tensor_rank, to_onnx
 from shufflenet.deploy.bench import benchmark
 from shufflenet.deploy.export import export_torchscript
+from shufflenet.deploy.quantize import node_module
 from shufflenet.errors import UserError
 from shufflenet.weights import save_checkpoint
 
@@ -235,6 +236,7 @@ def test_int8_float_keeps_the_named_modules_in_float(trained, capsys):
     assert float_nodes == {"/stem/conv/Conv", "/head/fc/Gemm"}
     assert set(weight_source.values()) == {"initializer", "DequantizeLinear"}
     assert {p.key: p.value for p in quantized.metadata_props}["quantization"].endswith(" float=stem,head.fc")
+    assert node_module("/stages.1/stages.1.3/branch_main/branch_main.0/conv/Conv") == "stages.1.3.branch_main.0.conv"
     with torch.no_grad():
         assert (load_runtime(out)(x).argmax(1) == model(x).argmax(1)).float().mean() >= 0.98
 
@@ -269,6 +271,14 @@ def test_a_qat_model_exports_as_the_int8_model_onnx_runtime_runs(trained, tmp_pa
     # not bit-equal: a last-bit difference between two float kernels can move a value across a
     # rounding boundary, and the one-step difference then travels on (ORT without optimisations too)
     assert (int8 - simulated).abs().mean() <= 0.02 * simulated.abs().max()
+
+def test_int8_calibrates_at_the_static_input_size(trained, capsys):
+    _, folder, _ = trained
+    out = folder / "at48.int8.onnx"
+    assert main(["export", str(folder / "small.safetensors"), "--int8", "--calib", str(folder / "calib"),
+                 "--input-size", "48", "-o", str(out)]) == 0
+    assert load_runtime(out).preprocessing.crop_size == 48
+
 
 def test_int8_needs_calibration_images(trained, tmp_path):
     _, folder, _ = trained

@@ -467,7 +467,7 @@ def test_a_fresh_run_into_a_finished_one_is_refused_unless_forced(tiny, tmp_path
 
     (work / "checkpoints" / "last.pt").unlink()  # only the final weights left: --resume has nothing to continue
     assert cli(*args, "--resume") == 2
-    assert "holds a run's files (checkpoints/best.pt, model.safetensors, config.yaml, " in (err := capsys.readouterr().err)
+    assert "holds a run's files (checkpoints/best.pt, model.safetensors, metrics.jsonl, " in (err := capsys.readouterr().err)
     assert "it has no checkpoint to resume" in err
     assert (work / "model.safetensors").read_bytes() == before["model.safetensors"]
 
@@ -608,6 +608,16 @@ def test_quantization_aware_training_writes_the_int8_file_it_evaluated(tiny, tmp
         assert abs(top1 - scored) <= 100 / 16 + 1e-9  # ONNX Runtime's integer arithmetic may flip one of 16 images
     assert cli("convert", qat / "checkpoints" / "best.pt", "-o", tmp_path / "q.safetensors") == 2
     assert "save it as INT8 ONNX with `shufflenet export`" in capsys.readouterr().err
+    assert cli("export", qat / "checkpoints" / "best.pt", "-o", tmp_path / "best.onnx") == 0
+    assert "INT8 from quantization-aware training" in capsys.readouterr().out
+    assert cli("export", qat / "checkpoints" / "best.pt", "--fp16", "-o", tmp_path / "best16.onnx") == 2
+    assert "exports as INT8 as it is; drop --int8/--fp16" in capsys.readouterr().err
+    assert cli("train", config, "--data", data, "--epochs", 2, "--work-dir", base, "--resume", "--set", "train.qat=true",
+               "--set", f"model.pretrained={base / 'model.safetensors'}") == 2  # a float run does not go on as QAT
+    assert "other model settings (train.qat: False -> True)" in capsys.readouterr().err
+    for clash in ("model.kwargs.frozen_stages=0", "model.kwargs.routing=even_odd", "train.amp=bf16"):
+        with pytest.raises(UserError, match=r"train\.qat does not go with"):
+            load_config(config, ["train.qat=true", "model.pretrained=x.safetensors", clash])
 
 def test_data_that_cannot_be_read_at_all_is_an_error_not_a_score(tiny, tmp_path: Path, capsys) -> None:
     config, data = tiny

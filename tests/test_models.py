@@ -81,7 +81,7 @@ def test_v2_narrow_widths_match_paddleclas(width, stages, params):
     assert tuple(i["num_chs"] for i in model.feature_info()) == stages  # PaddleClas's stage_out_channels
     assert shufflenet.complexity(model, 32).params == pytest.approx(params, rel=0.012)  # published as 0.60 / 0.64 M
     if width == 0.25:  # Megvii's stride-2 unit would have a main branch of 24 - 24 = 0 channels
-        with pytest.raises(ValueError, match="megvii layout needs stage widths above"):
+        with pytest.raises(ValueError, match="megvii layout needs each stage wider than its input"):
             ShuffleNetV2(width, layout="megvii")
 
 
@@ -117,6 +117,8 @@ def test_v2_custom_stages_load_from_torchvision_weights(tmp_path, capsys):
     ({"stage_widths": (24, 113, 226, 452, 1024)}, "must be even"),
     ({"stage_repeats": (4, 8)}, "stage_widths needs 4 entries"),
     ({"stage_repeats": (4, 0, 4)}, "repeats positive"),
+    ({"stage_repeats": ()}, "stage_widths needs 2 entries"),
+    ({"stage_widths": (24, 112, 224, 200, 1024), "layout": "megvii"}, "megvii layout needs each stage wider than its input"),
 ])
 def test_v2_bad_stage_plans_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -97,6 +97,20 @@ def test_train_never_overwrites_a_folder_of_run_files_or_its_recipe(recipe, tmp_
     assert (own / "config.yaml").read_text() == recipe.read_text()
     assert main(["train", str(recipe), "--work-dir", str(work / "summary.json")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+    crashed = tmp_path / "crashed"  # killed before its first checkpoint: --resume starts it afresh
+    crashed.mkdir()
+    (crashed / "config.yaml").write_text("model: {}\n")
+    assert main(["train", str(recipe), "--work-dir", str(crashed), "--resume", "--data", str(tmp_path / "none")]) == 2
+    assert "already holds" not in (err := capsys.readouterr().err) and "none" in err  # it got past the refusal to the data
+
+
+def test_a_folder_named_like_a_model_does_not_hide_the_model(tmp_path, monkeypatch):
+    from shufflenet.weights import is_checkpoint_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shufflenet_v2_x0_5").mkdir()  # e.g. a work dir
+    (tmp_path / "data").mkdir()
+    assert not is_checkpoint_path("shufflenet_v2_x0_5") and is_checkpoint_path("data") and is_checkpoint_path("x.pt")
 
 
 def test_demo_writes_into_a_foreign_folder_only_with_force(tmp_path, capsys):

@@ -26,16 +26,21 @@ DEFAULT_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
-def model_metadata(model: nn.Module, input_size: int | None = None) -> dict[str, str]:
-    """What a runtime needs besides the weights, as ONNX ``metadata_props`` strings; ``input_size``:
-    the static input the file was exported for, whose preprocessing crops to it (resize scaled alike)."""
-    class_names = getattr(model, "class_names", None)
+def export_preprocessing(model: nn.Module, input_size: int | None = None) -> Preprocessing:
+    """The model's preprocessing, cropping to ``input_size`` (resize scaled alike) when a static file is made for it."""
     prep = getattr(model, "preprocessing", IMAGENET)
     if input_size and input_size != prep.crop_size:
         prep = dataclasses.replace(prep, crop_size=input_size, resize_size=round(prep.resize_size * input_size / prep.crop_size))
+    return prep
+
+
+def model_metadata(model: nn.Module, input_size: int | None = None) -> dict[str, str]:
+    """What a runtime needs besides the weights, as ONNX ``metadata_props`` strings; ``input_size``:
+    the static input the file was exported for (see ``export_preprocessing``)."""
+    class_names = getattr(model, "class_names", None)
     return {
         "model_name": getattr(model, "model_name", None) or type(model).__name__,
-        "preprocessing": json.dumps(prep.to_dict()),
+        "preprocessing": json.dumps(export_preprocessing(model, input_size).to_dict()),
         **({"class_names": json.dumps(list(class_names))} if class_names else {}),
     }
 

@@ -54,24 +54,29 @@ class FakeQuantize(nn.Module):
             self.high.lerp_(high, self.momentum)
 
 
-def fake_quantize_weight(weight: torch.Tensor, levels: int) -> torch.Tensor:
+def fake_quantize_weight(weight: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     """Symmetric int8 per output channel: scale = max|w| / levels (127, or 63 for 7-bit weights)."""
     scale = (weight.detach().abs().amax(dim=tuple(range(1, weight.dim()))) / levels).clamp(min=1e-12)
     zero_point = torch.zeros_like(scale, dtype=torch.int32)
     return torch.fake_quantize_per_channel_affine(weight, scale, zero_point, 0, -128, 127)
 
 
+def _add_quantizers(layer: nn.Module, levels: int) -> None:
+    """The input's fake quantizer, and the weights' levels as a buffer: a checkpoint keeps the INT8
+    it was trained for on a machine whose CPU would choose otherwise."""
+    layer.input_quant = FakeQuantize()
+    layer.register_buffer("levels", torch.tensor(float(levels), device=layer.weight.device))
+
+
 class QuantConv2d(nn.Conv2d):
     """A Conv2d (bias from the folded BN) with fake-quantized input and weights."""
-
-    levels: int
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, levels: int) -> QuantConv2d:
         quant = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                     conv.dilation, conv.groups, conv.bias is not None, device=conv.weight.device)
         quant.load_state_dict(conv.state_dict())
-        quant.levels, quant.input_quant = levels, FakeQuantize()
+        _add_quantizers(quant, levels)
         return quant
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,13 +86,11 @@ class QuantConv2d(nn.Conv2d):
 class QuantLinear(nn.Linear):
     """A Linear with fake-quantized input and weights."""
 
-    levels: int
-
     @classmethod
     def from_float(cls, linear: nn.Linear, levels: int) -> QuantLinear:
         quant = cls(linear.in_features, linear.out_features, linear.bias is not None, device=linear.weight.device)
         quant.load_state_dict(linear.state_dict())
-        quant.levels, quant.input_quant = levels, FakeQuantize()
+        _add_quantizers(quant, levels)
         return quant
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -59,17 +59,29 @@ class BatchReader(CalibrationDataReader):
 
 
 def module_nodes(graph: onnx.GraphProto, modules: Sequence[str]) -> list[str]:
-    """Names of the nodes exported from ``modules``: the exporter names a node by its module path
-    (``/stem/conv/Conv``, ``/stages.0/stages.0.1/...``, ``/head/fc/Gemm``)."""
+    """Names of the nodes exported from ``modules`` (qualified names: ``stem``, ``stages.0``, ``head.fc``)."""
+    paths = {n.name: node_module(n.name) for n in graph.node}
     found = []
     for module in modules:
-        scopes = (f"/{module}/", f"/{module.replace('.', '/')}/")
-        nodes = [n.name for n in graph.node if any(scope in n.name for scope in scopes)]
+        nodes = [name for name, path in paths.items() if path == module or path.startswith(module + ".")]
         if not nodes:
-            top = sorted({n.name.split("/")[1] for n in graph.node if n.name.count("/") > 1})
+            top = sorted({path.split(".")[0] for path in paths.values() if path} - {""})
             raise UserError(f"no module {module!r} in the exported graph; its top-level modules: {', '.join(top)}")
         found += nodes
     return found
+
+
+def node_module(node_name: str) -> str:
+    """The qualified name of the module a node was exported from. The exporter names each scope by
+    its attribute, but a container's child as ``container.index``, which then replaces the container:
+    ``/stages.1/stages.1.3/branch_main/branch_main.0/conv/Conv`` is ``stages.1.3.branch_main.0.conv``."""
+    parts: list[str] = []
+    for scope in node_name.split("/")[1:-1]:
+        if parts and scope.startswith(parts[-1] + "."):
+            parts[-1] = scope
+        else:
+            parts.append(scope)
+    return ".".join(parts)
 
 
 def quantize_onnx(

@@ -8,6 +8,7 @@ An unknown key or a value of the wrong type fails at once with the list of valid
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 import re
 import types
@@ -154,6 +155,7 @@ BOUNDS = {
     "train.batch_size": {AT_LEAST: 1},
     "train.grad_accum_steps": {AT_LEAST: 1},
     "train.label_smoothing": PROBABILITY,
+    "train.ema_decay": {GREATER_THAN: 0, AT_MOST: 1},
     "train.bn_recalibration_batches": {AT_LEAST: 0},
     "train.checkpoint_every_steps": {AT_LEAST: 0},
     "train.log_every_steps": {AT_LEAST: 1},
@@ -193,8 +195,14 @@ def from_dict(raw: dict) -> Config:
     optim = config.optim
     if optim.name == "sgd" and optim.nesterov and optim.momentum == 0:  # torch.optim.SGD would raise
         raise UserError("config key optim.nesterov: true needs optim.momentum greater than 0")
+    low, high = config.data.augment.scale
+    if not 0 < low <= high <= 1:
+        raise UserError(f"config key data.augment.scale: needs 0 < min <= max <= 1, got {[low, high]}")
     train = config.train
+    kwargs = config.model.kwargs
     clashes = {"model.pretrained unset": not config.model.pretrained, "train.even_odd_routing": train.even_odd_routing,
+               "model.kwargs.routing=even_odd": kwargs.get("routing") == "even_odd",
+               "model.kwargs.frozen_stages": kwargs.get("frozen_stages", -1) >= 0,
                f"train.amp={train.amp}": train.amp != "none", "train.bn_recalibration_batches": train.bn_recalibration_batches > 0}
     if train.qat and any(clashes.values()):  # QAT fine-tunes trained weights with BN folded, in float32
         raise UserError(f"train.qat does not go with {', '.join(k for k, v in clashes.items() if v)}")
@@ -292,6 +300,8 @@ def _check(value: Any, hint: Any, key: str) -> Any:
 
 
 def _check_bounds(value: Any, key: str) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"config key {key}: must be a finite number, got {value!r}")
     for words, bound in BOUNDS.get(key, {}).items():
         if value is not None and not _COMPARE[words](value, bound):
             raise UserError(f"config key {key}: must be {words} {bound}, got {value!r}")

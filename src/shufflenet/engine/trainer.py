@@ -67,7 +67,7 @@ def train(config: Config, work_dir: str | Path, resume: str | Path | bool = Fals
         if recipe is not None and Path(recipe).resolve() == (work_dir / "config.yaml").resolve():
             raise UserError(f"the recipe {recipe} is where the run writes its resolved config; move it or use another --work-dir")
         if not force:
-            _refuse_to_overwrite(work_dir)
+            _refuse_to_overwrite(work_dir, leftovers_ok=resume is True)
     runtime = init_runtime(config.train.device)
     try:
         with StopRequest() as stop:
@@ -301,7 +301,7 @@ def _check_same_model(state: dict, config: Config, path: Path) -> None:
     so a checkpoint resumes only under the model settings it was trained with."""
     def settings(raw: dict) -> dict:
         model = {f"model.{k}": v for k, v in raw["model"].items() if k != "pretrained"}
-        return {**model, "train.even_odd_routing": raw["train"].get("even_odd_routing", False)}
+        return {**model, **{f"train.{k}": raw["train"].get(k, False) for k in ("even_odd_routing", "qat")}}
 
     trained, current = settings(state["config"]), settings(config.to_dict())
     if trained != current:
@@ -314,8 +314,11 @@ RUN_FILES = ("checkpoints/last.pt", "checkpoints/best.pt", "model.safetensors", 
              "summary.json", "curves.png")
 
 
-def _refuse_to_overwrite(work_dir: Path) -> None:
-    found = [name for name in RUN_FILES if (work_dir / name).is_file()]
+def _refuse_to_overwrite(work_dir: Path, leftovers_ok: bool) -> None:
+    """``leftovers_ok``: a run killed before its first checkpoint left only these, and ``--resume``
+    starts it afresh (one command serves every session)."""
+    leftovers = ("config.yaml", "curves.png") if leftovers_ok else ()
+    found = [name for name in RUN_FILES if (work_dir / name).is_file() and name not in leftovers]
     if found:
         resumable = "pass --resume to continue it, " if "checkpoints/last.pt" in found else "it has no checkpoint to resume; "
         raise UserError(f"{work_dir} already holds a run's files ({', '.join(found)}); {resumable}"

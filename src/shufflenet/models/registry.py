@@ -173,6 +173,15 @@ def split_name(name: str) -> tuple[ModelSpec, str | None]:
     return _REGISTRY[base], tag or None
 
 
+def is_model_name(name: str) -> bool:
+    """``name``, ``name.tag`` or an alias that resolves to a registered model."""
+    try:
+        split_name(name)
+    except UnknownModelError:
+        return False
+    return True
+
+
 def get_spec(name: str) -> ModelSpec:
     return split_name(name)[0]
 

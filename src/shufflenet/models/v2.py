@@ -133,11 +133,12 @@ class ShuffleNetV2(ShuffleNetBase):
         # kept (None when the defaults) so that a checkpoint can record them
         self.stage_widths = tuple(stage_widths) if stage_widths is not None else None
         self.stage_repeats = tuple(stage_repeats) if stage_repeats is not None else None
-        table, stage_repeats = self.stage_widths or STAGE_WIDTHS[width], self.stage_repeats or STAGE_REPEATS
+        table = self.stage_widths if self.stage_widths is not None else STAGE_WIDTHS[width]
+        stage_repeats = self.stage_repeats if self.stage_repeats is not None else STAGE_REPEATS
         check_stage_plan(table, stage_repeats)
         stem, *widths, last = table
-        if megvii and widths[0] <= stem:  # its stride-2 main branch has out - in channels: none at 0.25x
-            raise ValueError(f"the megvii layout needs stage widths above the stem's {stem} channels, got {widths[0]}")
+        if megvii and any(out <= into for into, out in zip((stem, *widths), widths)):  # stride-2 main branch: out - in channels
+            raise ValueError(f"the megvii layout needs each stage wider than its input (stem {stem}, stages {widths}); 0.25x is not")
         self.layout, self.routing = layout, routing
         self.stem = ConvBNAct(3, stem, 3, stride=1 if small_input else 2)
         self.stem_pool = nn.Identity() if small_input else nn.MaxPool2d(3, 2, 1)

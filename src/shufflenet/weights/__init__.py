@@ -20,9 +20,14 @@ CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".safetensors", ".ckpt", ".pkl", "
 
 
 def is_checkpoint_path(source: str | Path) -> bool:
-    """Whether ``source`` names a file (existing or not) rather than a model: a model name has no suffix or slash."""
+    """Whether ``source`` names a file (existing or not) rather than a model: a model name has no
+    suffix or slash, and a folder named like a model (a work dir, say) does not hide the model."""
+    from ..models.registry import is_model_name
+
     text = str(source)
-    return Path(text).exists() or text.endswith(CHECKPOINT_SUFFIXES) or "/" in text
+    if Path(text).is_file() or text.endswith(CHECKPOINT_SUFFIXES) or "/" in text:
+        return True
+    return Path(text).exists() and not is_model_name(text)
 
 
 def load_model(source: str | Path, num_classes: int | None = None, **kwargs: Any) -> nn.Module:

@@ -168,7 +168,13 @@ def load_checkpoint(
     """Build the model a checkpoint file holds and load it (eval mode, metadata set)."""
     raw = read_file(path)
     if raw.training_state is not None:
-        raw = _from_training_state(raw.training_state, Path(path))
+        from ..engine.checkpoint import model_from_training_state  # the engine builds what its recipes describe
+
+        model = model_from_training_state(raw.training_state, Path(path))
+        if hasattr(model, "qat_weight_levels"):  # BN folded into its convs: as trained, or nothing
+            return model
+        tensors, metadata = _contents(model)  # as the run's model.safetensors holds it (EMA weights if any)
+        raw = RawCheckpoint(tensors, "torch", metadata)
     if raw.metadata.get("shufflenet.format") and source_format not in ("auto", "ours"):  # a foreign reading would drop its metadata
         raise CheckpointError(f"{path} is a shufflenet checkpoint, not a {source_format} one; leave out --from")
     fmt = detect_format(raw) if source_format == "auto" else source_format
@@ -177,14 +183,6 @@ def load_checkpoint(
     else:
         model = _load_foreign(raw, fmt, path, spec, model_kwargs)
     return model.eval()
-
-
-def _from_training_state(state: dict, path: Path) -> RawCheckpoint:
-    """A `shufflenet train` checkpoint as the run's model.safetensors holds it (EMA weights when it has them)."""
-    from ..engine.checkpoint import model_from_training_state  # the engine builds what its recipes describe
-
-    tensors, metadata = _contents(model_from_training_state(state, path))
-    return RawCheckpoint(tensors, "torch", metadata)
 
 
 def _load_foreign(raw: RawCheckpoint, fmt: str, path: str | Path, spec: ModelSpec | None, model_kwargs: dict) -> nn.Module:
