@@ -691,11 +691,12 @@ def test_a_negative_lr_flag_and_nesterov_without_momentum_are_refused(tiny, tmp_
     assert load_config(None, ["optim.name=adamw", "optim.nesterov=true", "optim.momentum=0"]).optim.name == "adamw"
 
 
-def test_a_pad_crop_larger_than_the_cached_images_is_refused_before_training(tiny, tmp_path: Path, monkeypatch) -> None:
+def test_an_augmentation_that_cannot_apply_is_refused_before_training(tiny, tmp_path: Path, monkeypatch) -> None:
     from shufflenet.engine import builders
 
     monkeypatch.setattr(builders, "CACHE_DIR", tmp_path / "cache")
     config, data = tiny
-    recipe = load_config(config, [f"data.root={data}", "data.cache_decoded=true", "data.augment.crop_size=64"])
-    with pytest.raises(UserError, match=re.escape("data.augment.crop_size 64 is larger than the padded 32x32 images")):
-        builders.build_datasets(recipe.data)
+    for cache in ("true", "false"):
+        recipe = load_config(config, [f"data.root={data}", f"data.cache_decoded={cache}", "data.augment.crop_size=64"])
+        with pytest.raises(UserError, match=r"the training augmentation fails on .*airplane.*: Required crop size \(64, 64\) is larger"):
+            builders.build_datasets(recipe.data)

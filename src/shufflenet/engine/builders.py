@@ -54,10 +54,10 @@ def build_datasets(data: DataConfig) -> tuple[ImageDataset, ImageDataset]:
     if data.cache_decoded:
         for dataset in (train_set, val_set):
             dataset.cache_decoded(CACHE_DIR)
-        # images of one size: a crop that cannot fit is known now, not from a loader worker's traceback
-        height, width = train_set.decoded.shape[-2:]
-        if augment.crop == "pad" and augment.crop_size > min(height, width) + 2 * augment.padding:
-            raise UserError(f"data.augment.crop_size {augment.crop_size} is larger than the padded {height}x{width} images")
+    try:  # one image through the augmentation here: a setting it cannot apply fails now, in one line
+        train_set[0]
+    except (ValueError, RuntimeError, TypeError) as error:  # e.g. a pad crop larger than the padded image
+        raise UserError(f"the training augmentation fails on {train_set.samples[0][0]}: {error}") from None
     return train_set, val_set
 
 
