@@ -54,8 +54,11 @@ def build_datasets(data: DataConfig) -> tuple[ImageDataset, ImageDataset]:
     if data.cache_decoded:
         for dataset in (train_set, val_set):
             dataset.cache_decoded(CACHE_DIR)
-    try:  # one image through the augmentation here: a setting it cannot apply fails now, in one line
-        train_set[0]
+    # one image through the augmentation here: a setting it cannot apply fails now, in one line (the
+    # random draws are put back, so that the model's initialisation stays as it was)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            train_set[0]
     except (ValueError, RuntimeError, TypeError) as error:  # e.g. a pad crop larger than the padded image
         raise UserError(f"the training augmentation fails on {train_set.samples[0][0]}: {error}") from None
     return train_set, val_set
