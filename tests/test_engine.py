@@ -588,6 +588,11 @@ def test_a_training_checkpoint_is_read_as_its_ema_weights_by_test_predict_and_co
     for command in (["convert", tmp_path / "no_config.pt", "-o", tmp_path / "x.safetensors"], ["predict", tmp_path / "no_config.pt", data]):
         assert cli(*command) == 2
         assert "not a training-state checkpoint of `shufflenet train` (no config)" in capsys.readouterr().err
+    state = torch.load(best, weights_only=True)
+    del state["ema"]["module.stem.conv.weight"]  # hand-edited, or written by a version that built the model otherwise
+    torch.save(state, tmp_path / "edited.pt")
+    assert cli("convert", tmp_path / "edited.pt", "-o", tmp_path / "y.safetensors") == 2
+    assert "its weights do not fit the model its recipe builds (Missing key(s)" in capsys.readouterr().err
 
 
 

@@ -101,9 +101,9 @@ def prepare_qat(model: nn.Module, reduce_range: bool | None = None) -> nn.Module
     """A copy of ``model`` (training mode, metadata attributes kept) that trains as its INT8 version.
 
     BN is folded first, so its statistics are frozen: QAT fine-tunes a trained model. Each
-    ``ConvBNAct`` quantizes its input, weights and (after the activation) its output, which gives
-    ONNX Runtime the Q/DQ pairs it needs around every conv; quantizing a tensor twice with the range
-    observed on the same values changes nothing. ``reduce_range=None``: 7-bit weights without VNNI.
+    ``ConvBNAct`` quantizes its input, weights and (after the activation) its output, and each unit
+    its output, which gives ONNX Runtime the Q/DQ pairs it needs around every conv and residual add;
+    quantizing a tensor twice with the range observed on the same values changes nothing. ``reduce_range=None``: 7-bit weights without VNNI.
     """
     levels = 63 if (not cpu_has_vnni() if reduce_range is None else reduce_range) else 127
     prepared = fuse_conv_bn(model)
@@ -114,5 +114,13 @@ def prepare_qat(model: nn.Module, reduce_range: bool | None = None) -> nn.Module
         for name, child in module.named_children():
             if isinstance(child, nn.Linear):
                 setattr(module, name, QuantLinear.from_float(child, levels))
+    for stage in prepared.stages:  # a unit's output (after its add or concat): int8 for ONNX Runtime too
+        for unit in stage:
+            unit.output_quant = FakeQuantize()
+            unit.register_forward_hook(_quantize_output)  # a hook keeps the unit's type and code as they are
     prepared.qat_weight_levels = levels
     return prepared.train()
+
+
+def _quantize_output(unit: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    return unit.output_quant(output)

@@ -66,7 +66,11 @@ def model_from_training_state(state: dict, path: Path) -> nn.Module:
     config = from_dict(state["config"])  # the run's own model settings: the weights fit no other
     model = builders.build_training_model(config, state.get("class_names"), from_checkpoint=True)
     weights, kind = training_weights(state)
-    model.load_state_dict(weights)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:  # a hand-edited state, or one of a version that built the model otherwise
+        detail = str(error).splitlines()[1].strip()
+        raise UserError(f"{path}: its weights do not fit the model its recipe builds ({detail[:160]}...)") from None
     model = builders.routed(model, "shuffle")
     model.preprocessing = builders.preprocessing(config.data)
     model.source = {"format": "shufflenet train", "file": path.name, "weights": kind}
