@@ -189,7 +189,7 @@ def default_output(source: str, suffix: str) -> Path:
 
 def run_export(args: argparse.Namespace) -> int:
     from ..data.datasets import find_images
-    from ..deploy.export import export_onnx, export_preprocessing, export_torchscript, max_tensor_rank
+    from ..deploy.export import export_onnx, export_torchscript, max_tensor_rank, read_metadata
     from ..deploy.quantize import calibration_sample, image_batches, quantize_onnx
     from ..deploy.runtimes import load_torch_model
 
@@ -228,8 +228,7 @@ def run_export(args: argparse.Namespace) -> int:
         else:
             with tempfile.TemporaryDirectory() as workdir:
                 fp32 = Path(workdir) / "fp32.onnx"
-                export_onnx(model, fp32, **options)
-                prep = export_preprocessing(model, None if args.dynamic_size else args.input_size)  # what the graph takes
+                prep = read_metadata(export_onnx(model, fp32, **options))["preprocessing"]  # what the graph takes
                 batches = image_batches(calibration, prep, batch_size=16 if args.dynamic_batch else 1)
                 proto = quantize_onnx(fp32, partial, batches, keep_float=args.int8_float)
     batch = ("dynamic batch" if args.dynamic_batch else "batch 1") + (", dynamic height/width" if args.dynamic_size else "")

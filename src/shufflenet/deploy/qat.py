@@ -61,37 +61,29 @@ def fake_quantize_weight(weight: torch.Tensor, levels: torch.Tensor) -> torch.Te
     return torch.fake_quantize_per_channel_affine(weight, scale, zero_point, 0, -128, 127)
 
 
-def _add_quantizers(layer: nn.Module, levels: int) -> None:
-    """The input's fake quantizer, and the weights' levels as a buffer: a checkpoint keeps the INT8
-    it was trained for on a machine whose CPU would choose otherwise."""
-    layer.input_quant = FakeQuantize()
-    layer.register_buffer("levels", torch.tensor(float(levels), device=layer.weight.device))
-
-
-class QuantConv2d(nn.Conv2d):
-    """A Conv2d (bias from the folded BN) with fake-quantized input and weights."""
+class _FakeQuantized:
+    """Turns a layer of our private copy into its fake-quantized subclass, in place: the same
+    parameters, plus an input quantizer and the weights' levels as a buffer (a checkpoint keeps the
+    INT8 it was trained for, on a machine whose CPU would choose otherwise)."""
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, levels: int) -> QuantConv2d:
-        quant = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, conv.groups, conv.bias is not None, device=conv.weight.device)
-        quant.load_state_dict(conv.state_dict())
-        _add_quantizers(quant, levels)
-        return quant
+    def from_float(cls, layer: nn.Module, levels: int) -> nn.Module:
+        layer.__class__ = cls  # same base class, so the same parameters and attributes
+        layer.requires_grad_(True)  # BN folding leaves the new bias frozen; it carries BN's shift and trains
+        layer.input_quant = FakeQuantize()
+        layer.register_buffer("levels", torch.tensor(float(levels), device=layer.weight.device))
+        return layer
+
+
+class QuantConv2d(_FakeQuantized, nn.Conv2d):
+    """A Conv2d (bias from the folded BN) with fake-quantized input and weights."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.input_quant(x), fake_quantize_weight(self.weight, self.levels), self.bias)
 
 
-class QuantLinear(nn.Linear):
+class QuantLinear(_FakeQuantized, nn.Linear):
     """A Linear with fake-quantized input and weights."""
-
-    @classmethod
-    def from_float(cls, linear: nn.Linear, levels: int) -> QuantLinear:
-        quant = cls(linear.in_features, linear.out_features, linear.bias is not None, device=linear.weight.device)
-        quant.load_state_dict(linear.state_dict())
-        _add_quantizers(quant, levels)
-        return quant
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.input_quant(x), fake_quantize_weight(self.weight, self.levels), self.bias)
@@ -102,18 +94,19 @@ def prepare_qat(model: nn.Module, reduce_range: bool | None = None) -> nn.Module
 
     BN is folded first, so its statistics are frozen: QAT fine-tunes a trained model. Each
     ``ConvBNAct`` quantizes its input, weights and (after the activation) its output, and each unit
-    its output, which gives ONNX Runtime the Q/DQ pairs it needs around every conv and residual add;
-    quantizing a tensor twice with the range observed on the same values changes nothing. ``reduce_range=None``: 7-bit weights without VNNI.
+    its output, which gives ONNX Runtime the Q/DQ pairs it needs around every conv and residual add.
+    Where two quantizers meet on one tensor their ranges drift apart in training, and ONNX Runtime then
+    keeps a re-quantization between them (slower; docs/deployment.md). ``reduce_range=None``: 7-bit
+    weights without VNNI.
     """
     levels = 63 if (not cpu_has_vnni() if reduce_range is None else reduce_range) else 127
     prepared = fuse_conv_bn(model)
     for module in list(prepared.modules()):
         if isinstance(module, ConvBNAct):
-            module.conv = QuantConv2d.from_float(module.conv, levels)
+            QuantConv2d.from_float(module.conv, levels)
             module.add_module("output_quant", FakeQuantize())  # a Sequential: runs after conv, bn, act
-        for name, child in module.named_children():
-            if isinstance(child, nn.Linear):
-                setattr(module, name, QuantLinear.from_float(child, levels))
+        elif type(module) is nn.Linear:
+            QuantLinear.from_float(module, levels)
     for stage in prepared.stages:  # a unit's output (after its add or concat): int8 for ONNX Runtime too
         for unit in stage:
             unit.output_quant = FakeQuantize()

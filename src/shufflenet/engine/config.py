@@ -192,6 +192,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
 def from_dict(raw: dict) -> Config:
     config = _build(Config, raw, "")
+    _check_combinations(config)
+    return config
+
+
+def _check_combinations(config: Config) -> None:
+    """Values valid one by one that do not go together (each check names what torch would refuse later)."""
     optim = config.optim
     if optim.name == "sgd" and optim.nesterov and optim.momentum == 0:  # torch.optim.SGD would raise
         raise UserError("config key optim.nesterov: true needs optim.momentum greater than 0")
@@ -206,7 +212,6 @@ def from_dict(raw: dict) -> Config:
                f"train.amp={train.amp}": train.amp != "none", "train.bn_recalibration_batches": train.bn_recalibration_batches > 0}
     if train.qat and any(clashes.values()):  # QAT fine-tunes trained weights with BN folded, in float32
         raise UserError(f"train.qat does not go with {', '.join(k for k, v in clashes.items() if v)}")
-    return config
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
