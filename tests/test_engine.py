@@ -602,8 +602,8 @@ def test_quantization_aware_training_writes_the_int8_file_it_evaluated(tiny, tmp
     assert cli("train", config, "--data", data, "--epochs", 1, "--work-dir", base) == 0
     assert cli("train", config, "--data", data, "--epochs", 1, "--work-dir", qat, "--set", "train.qat=true") == 2
     assert "train.qat does not go with model.pretrained unset" in capsys.readouterr().err
-    assert cli("train", config, "--data", data, "--epochs", 1, "--work-dir", qat, "--set", "train.qat=true",
-               "--set", f"model.pretrained={base / 'model.safetensors'}") == 0
+    assert cli("train", config, "--data", data, "--epochs", 1, "--work-dir", qat, "--set", "train.qat=true",  # a fine-tune
+               "--set", f"model.pretrained={base / 'model.safetensors'}", "--set", "optim.lr=0.001") == 0
     assert f"weights: {qat / 'model.int8.onnx'}" in capsys.readouterr().out
     assert not (qat / "model.safetensors").exists()
     scored = json.loads((qat / "summary.json").read_text())["final_top1"]
@@ -617,6 +617,18 @@ def test_quantization_aware_training_writes_the_int8_file_it_evaluated(tiny, tmp
     assert "INT8 from quantization-aware training" in capsys.readouterr().out
     assert cli("export", qat / "checkpoints" / "best.pt", "--fp16", "-o", tmp_path / "best16.onnx") == 2
     assert "exports as INT8 as it is; drop --int8/--fp16" in capsys.readouterr().err
+    assert cli("export", base / "model.safetensors", "-o", tmp_path / "base.onnx") == 0
+    capsys.readouterr()
+    info = {}  # `info FILE`: what each file holds, counted on the torch model or read off the ONNX graph
+    for file in (base / "model.safetensors", tmp_path / "base.onnx", qat / "checkpoints" / "best.pt", qat / "model.int8.onnx"):
+        assert cli("info", file, "--json") == 0
+        info[file.name] = json.loads(capsys.readouterr().out)
+    assert info["best.pt"]["training"].startswith("1 of 1 epochs done, 0 steps into the next; best val top-1")
+    assert info["best.pt"]["quantization"] and info["model.int8.onnx"]["quantization"].startswith("int8 qdq")
+    folded = info["best.pt"]["params"]  # BN folded into the convs
+    assert info["base.onnx"]["params"] == info["model.int8.onnx"]["params"] == folded < info["model.safetensors"]["params"]
+    assert info["model.int8.onnx"]["input"] == "input [batch, 3, 32, 32]"
+    assert info["model.safetensors"]["class_names"] == info["model.int8.onnx"]["class_names"] == ["airplane", "frog"]
     assert cli("train", config, "--data", data, "--epochs", 2, "--work-dir", base, "--resume", "--set", "train.qat=true",
                "--set", f"model.pretrained={base / 'model.safetensors'}") == 2  # a float run does not go on as QAT
     assert "other model settings (train.qat: False -> True)" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""``shufflenet list`` and ``shufflenet info``: the zoo, with our counts beside the published ones."""
+"""``shufflenet list`` and ``shufflenet info``: the zoo, with our counts beside the published ones, and
+what a checkpoint or ONNX file holds."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import json
 from ..complexity import complexity
 from ..errors import UserError
 from ..models.registry import get_spec, list_models, split_name
+from ..weights import is_checkpoint_path, load_model
+from ..weights.checkpoint import variant_kwargs
+from ..weights.formats import read_file
 from ..weights.hub import get_tag, list_pretrained
 from .table import format_table
 
@@ -21,10 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "info",
         help="parameters and multiply-adds beside the published numbers",
-        description="Count parameters and multiply-adds (the papers' FLOPs) and compare with the published values.",
+        description="Count parameters and multiply-adds (the papers' FLOPs) and compare with the published values; "
+                    "for a checkpoint or ONNX file, show the model it holds, its classes, preprocessing and origin.",
     )
-    p.add_argument("models", nargs="*", metavar="MODEL", help="names or patterns (default: every model)")
-    p.add_argument("--input-size", type=int, default=224, help="square input size in pixels (default 224)")
+    p.add_argument("models", nargs="*", metavar="MODEL", help="names, patterns or files (default: every model)")
+    p.add_argument("--input-size", type=int, help="square input size in pixels (default 224; a file's own crop size)")
     p.add_argument("--json", action="store_true", help="one JSON object per model instead of a table")
     p.set_defaults(func=run_info)
 
@@ -65,6 +70,62 @@ def model_info(name: str, input_size: int = 224) -> dict:
     }
 
 
+def file_info(path: str, input_size: int | None = None) -> dict:
+    """What a checkpoint file holds: the model and its settings, classes, counts, preprocessing, origin."""
+    from ..deploy.runtimes import is_onnx_file, load_onnx
+
+    if is_onnx_file(path):
+        from ..deploy.export import describe_onnx
+
+        return {"file": path, **describe_onnx(load_onnx(path))}
+    model = load_model(path)
+    size = input_size or model.preprocessing.crop_size
+    counts = complexity(model, size)
+    class_names = getattr(model, "class_names", None)
+    return {
+        "file": path,
+        "model": model.model_name,
+        "settings": variant_kwargs(model),
+        "class_names": list(class_names) if class_names else None,
+        "params": counts.params,
+        "macs": counts.macs,
+        "input_size": size,
+        "preprocessing": model.preprocessing.to_dict(),
+        "source": getattr(model, "source", None),
+        "quantization": "aware training (BN folded, fake-quantized)" if hasattr(model, "qat_weight_levels") else None,
+        "training": _training_progress(path),
+    }
+
+
+def _training_progress(path: str) -> str | None:
+    """How far the training state at ``path`` got, or None for a weights file."""
+    state = read_file(path).training_state
+    if state is None:
+        return None
+    position, epochs = state["position"], state["config"]["schedule"]["epochs"]
+    best = f"; best val top-1 {state['best_top1']:.2f}" if state.get("best_top1") is not None else ""
+    return f"{position['epoch']} of {epochs} epochs done, {position['step_in_epoch']} steps into the next{best}"
+
+
+def _file_lines(info: dict) -> str:
+    """``info``'s fields, one per line, the class list shortened."""
+    names = info.get("class_names")
+    values = {
+        "model": info["model"],
+        "settings": " ".join(f"{k}={v}" for k, v in info.get("settings", {}).items()) or None,
+        "classes": f"{len(names)}: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''}" if names else None,
+        "params": f"{info['params'] / 1e6:.3f}M" + ("" if "macs" in info else " (stored, BN folded)"),
+        f"MACs@{info.get('input_size')}": f"{info['macs'] / 1e6:.1f}M" if "macs" in info else None,
+        "input": info.get("input"),
+        "opset": info.get("opset"),
+        "quantization": info.get("quantization"),
+        "preprocessing": " ".join(f"{k}={v}" for k, v in info["preprocessing"].items()),
+        "source": " ".join(f"{k}={v}" for k, v in info["source"].items()) if info.get("source") else None,
+        "training": info.get("training"),
+    }
+    return "\n".join(f"  {key:<14} {value}" for key, value in values.items() if value is not None)
+
+
 def _expand(patterns: list[str]) -> list[str]:
     if not patterns:
         return list_models()
@@ -90,13 +151,24 @@ def _delta(ours: int, ref: int | None) -> str | None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    if args.input_size < 32:
+    if args.input_size is not None and args.input_size < 32:
         raise UserError(f"--input-size must be at least 32, got {args.input_size}")
-    infos = [model_info(name, args.input_size) for name in _expand(args.models)]
+    files = [m for m in args.models if is_checkpoint_path(m)]
+    names = [m for m in args.models if m not in files]
+    infos = [model_info(name, args.input_size or 224) for name in _expand(names)] if names or not files else []
+    file_infos = [file_info(path, args.input_size) for path in files]
     if args.json:
-        for info in infos:
+        for info in infos + file_infos:
             print(json.dumps(info))
         return 0
+    for info in file_infos:
+        print(f"{info['file']}\n{_file_lines(info)}\n")
+    if infos:
+        _print_counts(infos, args.input_size or 224)
+    return 0
+
+
+def _print_counts(infos: list[dict], input_size: int) -> None:
     rows = []
     for info in infos:
         params, macs = info["reference"].get("params", {}), info["reference"].get("macs", {})
@@ -110,10 +182,9 @@ def run_info(args: argparse.Namespace) -> int:
             _delta(info["macs"], macs.get("value")),
             " ".join(f"{k} {v:g}" for k, v in info["top1"].items()) or None,
         ])
-    headers = ["model", "params", "published", "Δ", f"MACs@{args.input_size}", "published", "Δ", "ImageNet top-1"]
+    headers = ["model", "params", "published", "Δ", f"MACs@{input_size}", "published", "Δ", "ImageNet top-1"]
     if any(info["other_weights"] for info in infos):  # bundled weights trained on another dataset
         headers.append("other weights: top-1")
         for row, info in zip(rows, infos):
             row.append(" ".join(f"{name} ({w['dataset']}) {w['top1']:g}" for name, w in info["other_weights"].items()) or None)
     print(format_table(headers, rows))
-    return 0

@@ -34,6 +34,10 @@ class FakeQuantize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             self._observe(x.detach())
+        return self.quantize(x)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on this quantizer's grid, with the range as it stands (no observation)."""
         low, high = self.low.clamp(max=0), self.high.clamp(min=0)  # zero must be exact: padding, ReLU
         scale = ((high - low) / 255).clamp(min=1e-8)
         zero_point = (-low / scale).round().clamp(0, 255).int()
@@ -93,11 +97,12 @@ def prepare_qat(model: nn.Module, reduce_range: bool | None = None) -> nn.Module
     """A copy of ``model`` (training mode, metadata attributes kept) that trains as its INT8 version.
 
     BN is folded first, so its statistics are frozen: QAT fine-tunes a trained model. Each
-    ``ConvBNAct`` quantizes its input, weights and (after the activation) its output, and each unit
-    its output, which gives ONNX Runtime the Q/DQ pairs it needs around every conv and residual add.
-    Where two quantizers meet on one tensor their ranges drift apart in training, and ONNX Runtime then
-    keeps a re-quantization between them (slower; docs/deployment.md). ``reduce_range=None``: 7-bit
-    weights without VNNI.
+    ``ConvBNAct`` quantizes its weights and (after the activation) its output, and each unit its
+    output, which gives ONNX Runtime the Q/DQ pairs it needs around every conv and residual add. A
+    conv or the classifier quantizes its input too unless that input is already on an upstream
+    quantizer's grid (``_drop_repeated_quantizers``): one quantizer per tensor, as post-training
+    quantization has it, so ONNX Runtime keeps no re-quantization between two. ``reduce_range=None``:
+    7-bit weights without VNNI.
     """
     levels = 63 if (not cpu_has_vnni() if reduce_range is None else reduce_range) else 127
     prepared = fuse_conv_bn(model)
@@ -111,8 +116,42 @@ def prepare_qat(model: nn.Module, reduce_range: bool | None = None) -> nn.Module
         for unit in stage:
             unit.output_quant = FakeQuantize()
             unit.register_forward_hook(_quantize_output)  # a hook keeps the unit's type and code as they are
+    _drop_repeated_quantizers(prepared)
     prepared.qat_weight_levels = levels
     return prepared.train()
+
+
+@torch.no_grad()
+def _drop_repeated_quantizers(model: nn.Module) -> None:
+    """Remove each layer's input quantizer whose input lies on the grid of a quantizer that ran
+    before it, found by one forward pass of a random image.
+
+    Such an input is a quantizer's output passed on unchanged in value (a shuffle, a split, a max
+    pool, a ReLU). A second quantizer there would observe the first's rounded values and its range
+    would drift apart during training; ONNX Runtime then has to re-quantize between the two. The
+    decision depends on the architecture only, so a training state rebuilds the same modules.
+    """
+    layers = [m for m in model.modules() if isinstance(m, _FakeQuantized)]
+    quantizers = [m for m in model.modules() if isinstance(m, FakeQuantize)]
+    ran: list[FakeQuantize] = []
+    repeated: list[nn.Module] = []
+
+    def check_input(layer: nn.Module, inputs: tuple) -> None:
+        if any(torch.equal(q.quantize(inputs[0]), inputs[0]) for q in ran):
+            repeated.append(layer)
+
+    hooks = [layer.register_forward_pre_hook(check_input) for layer in layers]
+    hooks += [q.register_forward_hook(lambda q, inputs, output: ran.append(q)) for q in quantizers]
+    device = next(model.parameters()).device
+    image = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(device)
+    model.train()(image)  # training mode: each quantizer takes its range from what it sees
+    for hook in hooks:
+        hook.remove()
+    for layer in repeated:
+        layer.input_quant = nn.Identity()
+    for q in quantizers:  # the random image's ranges must not seed training's
+        q.low.fill_(float("nan"))
+        q.high.fill_(float("nan"))
 
 
 def _quantize_output(unit: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
