@@ -137,7 +137,8 @@ def _drop_repeated_quantizers(model: nn.Module) -> None:
     repeated: list[nn.Module] = []
 
     def check_input(layer: nn.Module, inputs: tuple) -> None:
-        if any(torch.equal(q.quantize(inputs[0]), inputs[0]) for q in ran):
+        x = inputs[0]  # a constant tensor (all zeros) would lie on every grid and prove nothing
+        if x.amin() < x.amax() and any(torch.equal(q.quantize(x), x) for q in ran):
             repeated.append(layer)
 
     hooks = [layer.register_forward_pre_hook(check_input) for layer in layers]
