@@ -145,7 +145,8 @@ def _drop_repeated_quantizers(model: nn.Module) -> None:
     hooks += [q.register_forward_hook(lambda q, inputs, output: ran.append(q)) for q in quantizers]
     device = next(model.parameters()).device
     image = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(device)
-    model.train()(image)  # training mode: each quantizer takes its range from what it sees
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # dropout's draws are put back
+        model.train()(image)  # training mode: each quantizer takes its range from what it sees
     for hook in hooks:
         hook.remove()
     for layer in repeated:
