@@ -11,7 +11,6 @@ from ..errors import UserError
 from ..models.registry import get_spec, list_models, split_name
 from ..weights import is_checkpoint_path, load_model
 from ..weights.checkpoint import variant_kwargs
-from ..weights.formats import read_file
 from ..weights.hub import get_tag, list_pretrained
 from .table import format_table
 
@@ -93,18 +92,8 @@ def file_info(path: str, input_size: int | None = None) -> dict:
         "preprocessing": model.preprocessing.to_dict(),
         "source": getattr(model, "source", None),
         "quantization": "aware training (BN folded, fake-quantized)" if hasattr(model, "qat_weight_levels") else None,
-        "training": _training_progress(path),
+        "training": getattr(model, "training_progress", None),  # set when read from a training state
     }
-
-
-def _training_progress(path: str) -> str | None:
-    """How far the training state at ``path`` got, or None for a weights file."""
-    state = read_file(path).training_state
-    if state is None:
-        return None
-    position, epochs = state["position"], state["config"]["schedule"]["epochs"]
-    best = f"; best val top-1 {state['best_top1']:.2f}" if state.get("best_top1") is not None else ""
-    return f"{position['epoch']} of {epochs} epochs done, {position['step_in_epoch']} steps into the next{best}"
 
 
 def _file_lines(info: dict) -> str:

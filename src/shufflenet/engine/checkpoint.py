@@ -74,7 +74,15 @@ def model_from_training_state(state: dict, path: Path) -> nn.Module:
     model = builders.routed(model, "shuffle")
     model.preprocessing = builders.preprocessing(config.data)
     model.source = {"format": "shufflenet train", "file": path.name, "weights": kind}
+    model.training_progress = training_progress(state)
     return model.eval()
+
+
+def training_progress(state: dict) -> str:
+    """How far a training state got, in words (``shufflenet info``)."""
+    position, epochs = state["position"], state["config"]["schedule"]["epochs"]
+    best = f"; best val top-1 {state['best_top1']:.2f}" if state.get("best_top1") is not None else ""
+    return f"{position['epoch']} of {epochs} epochs done, {position['step_in_epoch']} steps into the next{best}"
 
 
 def rng_state() -> dict:

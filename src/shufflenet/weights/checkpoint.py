@@ -167,6 +167,7 @@ def load_checkpoint(
 ) -> nn.Module:
     """Build the model a checkpoint file holds and load it (eval mode, metadata set)."""
     raw = read_file(path)
+    progress = None
     if raw.training_state is not None:
         from ..engine.checkpoint import model_from_training_state  # the engine builds what its recipes describe
 
@@ -174,7 +175,7 @@ def load_checkpoint(
         if hasattr(model, "qat_weight_levels"):  # BN folded into its convs: as trained, or nothing
             return model
         tensors, metadata = _contents(model)  # as the run's model.safetensors holds it (EMA weights if any)
-        raw = RawCheckpoint(tensors, "torch", metadata)
+        raw, progress = RawCheckpoint(tensors, "torch", metadata), model.training_progress
     if raw.metadata.get("shufflenet.format") and source_format not in ("auto", "ours"):  # a foreign reading would drop its metadata
         raise CheckpointError(f"{path} is a shufflenet checkpoint, not a {source_format} one; leave out --from")
     fmt = detect_format(raw) if source_format == "auto" else source_format
@@ -182,6 +183,8 @@ def load_checkpoint(
         model = _load_ours(raw, path, spec, model_kwargs)
     else:
         model = _load_foreign(raw, fmt, path, spec, model_kwargs)
+    if progress:
+        model.training_progress = progress
     return model.eval()
 
 
