@@ -140,9 +140,11 @@ def _delta(ours: int, ref: int | None) -> str | None:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    from ..deploy.runtimes import is_onnx_file  # the deploy stack loads only when asked for
+
     if args.input_size is not None and args.input_size < 32:
         raise UserError(f"--input-size must be at least 32, got {args.input_size}")
-    files = [m for m in args.models if is_checkpoint_path(m)]
+    files = [m for m in args.models if is_checkpoint_path(m) or is_onnx_file(m)]  # a missing file: "does not exist"
     names = [m for m in args.models if m not in files]
     infos = [model_info(name, args.input_size or 224) for name in _expand(names)] if names or not files else []
     file_infos = [file_info(path, args.input_size) for path in files]
