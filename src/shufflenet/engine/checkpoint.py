@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -59,6 +60,14 @@ def training_weights(state: dict) -> tuple[dict[str, torch.Tensor], str]:
     return {k.removeprefix("module."): v for k, v in ema.items() if k != "n_averaged"}, "ema"
 
 
+@dataclass
+class Position:
+    """Where a run stands; a training state stores it as a dict (missing fields count from 0)."""
+    epoch: int = 0  # the epoch in progress (0-based)
+    step_in_epoch: int = 0  # optimizer steps done in it
+    global_step: int = 0
+
+
 def model_from_training_state(state: dict, path: Path) -> nn.Module:
     """The network of a training state (eval mode), as ``model.safetensors`` would hold it: its
     ``training_weights``, in torchvision's channel order, with class names, preprocessing and source."""
@@ -80,9 +89,9 @@ def model_from_training_state(state: dict, path: Path) -> nn.Module:
 
 def training_progress(state: dict) -> str:
     """How far a training state got, in words (``shufflenet info``)."""
-    position, epochs = state["position"], state["config"]["schedule"]["epochs"]
+    position, epochs = Position(**state["position"]), state["config"]["schedule"]["epochs"]
     best = f"; best val top-1 {state['best_top1']:.2f}" if state.get("best_top1") is not None else ""
-    return f"{position['epoch']} of {epochs} epochs done, {position['step_in_epoch']} steps into the next{best}"
+    return f"{position.epoch} of {epochs} epochs done, {position.step_in_epoch} steps into the next{best}"
 
 
 def rng_state() -> dict:

@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ from ..errors import UserError
 from ..files import atomic_destination, make_folder
 from ..weights.checkpoint import non_finite
 from . import builders
-from .checkpoint import copy_atomic, load_training_state, restore_rng_state, rng_state, save_atomic
+from .checkpoint import Position, copy_atomic, load_training_state, restore_rng_state, rng_state, save_atomic
 from .config import Config, save_config
 from .distributed import Runtime, all_reduce_sum, barrier, init_runtime, shutdown
 from .evaluate import autocast, evaluate, to_input
@@ -43,13 +42,6 @@ class TrainingInterrupted(UserError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum
-
-
-@dataclass
-class Position:
-    epoch: int = 0  # the epoch in progress (0-based)
-    step_in_epoch: int = 0  # optimizer steps done in it
-    global_step: int = 0
 
 
 def train(config: Config, work_dir: str | Path, resume: str | Path | bool = False, force: bool = False,
