@@ -80,6 +80,8 @@ def test_fp16_export_halves_the_file_and_keeps_the_answers(name, tmp_path, capsy
     float16, float32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
     assert {t.data_type for t in proto.graph.initializer if len(t.dims) == 4} == {float16}  # every conv weight
     assert [v.type.tensor_type.elem_type for v in (*proto.graph.input, *proto.graph.output)] == [float32, float32]
+    assert main(["info", str(tmp_path / "m.fp16.onnx"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["quantization"] == "fp16, fp32 input and logits"
     x = torch.randn(8, 3, SIZE, SIZE)
     with torch.no_grad():
         expected = model(x)

@@ -624,7 +624,7 @@ def test_quantization_aware_training_writes_the_int8_file_it_evaluated(tiny, tmp
         assert cli("info", file, "--json") == 0
         info[file.name] = json.loads(capsys.readouterr().out)
     assert info["best.pt"]["training"].startswith("1 of 1 epochs done, 0 steps into the next; best val top-1")
-    assert info["best.pt"]["quantization"] and info["model.int8.onnx"]["quantization"].startswith("int8 qdq")
+    assert info["best.pt"]["quantization"] and info["model.int8.onnx"]["quantization"].endswith(" aware-training")
     folded = info["best.pt"]["params"]  # BN folded into the convs
     assert info["base.onnx"]["params"] == info["model.int8.onnx"]["params"] == folded < info["model.safetensors"]["params"]
     assert info["model.int8.onnx"]["input"] == "input [batch, 3, 32, 32]"

@@ -39,10 +39,12 @@ def model_metadata(model: nn.Module, input_size: int | None = None) -> dict[str,
     """What a runtime needs besides the weights, as ONNX ``metadata_props`` strings; ``input_size``:
     the static input the file was exported for (see ``export_preprocessing``)."""
     class_names = getattr(model, "class_names", None)
+    qat_levels = getattr(model, "qat_weight_levels", None)  # deploy/qat.py: its fake quantizers export as Q/DQ
     return {
         "model_name": getattr(model, "model_name", None) or type(model).__name__,
         "preprocessing": json.dumps(export_preprocessing(model, input_size).to_dict()),
         **({"class_names": json.dumps(list(class_names))} if class_names else {}),
+        **({"quantization": f"int8 qdq per-channel reduce_range={qat_levels < 127} aware-training"} if qat_levels else {}),
     }
 
 
@@ -66,8 +68,8 @@ def describe_onnx(proto: onnx.ModelProto) -> dict:
     weights = {n.input[0] for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}  # int8, fake int8
     weights |= {name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul") for name in n.input[1:]}
     quantization = {p.key: p.value for p in proto.metadata_props}.get("quantization")
-    if not quantization and any(n.op_type == "QuantizeLinear" for n in graph.node):
-        quantization = "int8 qdq (quantization-aware training)"
+    if not quantization and any(n.op_type == "QuantizeLinear" for n in graph.node):  # a file made elsewhere
+        quantization = "int8 qdq"
     class_names = metadata["class_names"]
     return {
         "model": metadata["model_name"],
@@ -123,7 +125,8 @@ def to_onnx(
     proto = onnx.load_from_string(buffer.getvalue())
     if dynamic_batch and not dynamic_size:
         free_batch_dimension(proto)
-    set_metadata(proto, model_metadata(model, None if dynamic_size else input_size))
+    metadata = model_metadata(model, None if dynamic_size else input_size)
+    set_metadata(proto, {**metadata, "quantization": "fp16, fp32 input and logits"} if fp16 else metadata)
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
