@@ -143,6 +143,17 @@ def test_unsupported_opset_is_a_user_error(v2):
         to_onnx(v2, opset=9)
 
 
+def test_a_file_that_is_not_onnx_fails_clearly_in_every_command(v2, tmp_path, capsys):
+    good = to_onnx(v2).SerializeToString()
+    (tmp_path / "text.onnx").write_text("x\n")  # protobuf reads this as an empty model
+    (tmp_path / "half.onnx").write_bytes(good[: len(good) // 2])
+    Image.new("RGB", (SIZE, SIZE)).save(tmp_path / "a.png")
+    for name in ("text.onnx", "half.onnx"):
+        for command in (["info", str(tmp_path / name)], ["predict", str(tmp_path / name), str(tmp_path / "a.png")]):
+            assert main(command) == 2
+            assert f"{name}: not a valid ONNX model (" in capsys.readouterr().err
+
+
 def test_torchscript_export(v2, tmp_path):
     export_torchscript(v2, tmp_path / "m.pt")
     extra = {"shufflenet.json": ""}

@@ -55,11 +55,13 @@ def is_onnx_file(source: object) -> bool:
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:
     try:
-        return onnx.load(str(path))
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto)  # protobuf parses many a stray file as an empty model
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
-    except Exception as error:  # onnx raises protobuf DecodeError and others for a corrupt file
-        raise UserError(f"{path}: not a valid ONNX model ({error})") from None
+    except Exception as error:  # onnx raises protobuf DecodeError, ValidationError and others for a corrupt file
+        raise UserError(f"{path}: not a valid ONNX model ({str(error).strip()})") from None
+    return proto
 
 
 def load_runtime(
