@@ -63,6 +63,16 @@ def test_export_checks_the_suffix_and_the_output_folder(weights, tmp_path, capsy
     assert "cannot be a folder: a file of that name" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc: a folder no one can write, root included")
+@pytest.mark.parametrize("command", [["export"], ["export", "--format", "torchscript"], ["convert"]])
+def test_an_unwritable_output_is_a_clear_error(weights, command, capsys):
+    out = Path("/proc") / ("m.pt" if "torchscript" in command else "m.onnx" if command == ["export"] else "m.safetensors")
+    assert main([command[0], str(weights), *command[1:], "-o", str(out)]) == 2  # torch and safetensors raise no OSError
+    assert f"cannot write {out}: " in capsys.readouterr().err
+    assert main(["export", str(weights), "-o", "/proc/new/m.onnx"]) == 2
+    assert "cannot create the folder /proc/new: " in capsys.readouterr().err
+
+
 def test_convert_never_writes_onto_its_input_nor_drops_our_metadata(weights, tmp_path, capsys):
     before = weights.read_bytes()
     assert main(["convert", str(weights), "-o", str(weights), "--force"]) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,9 +19,14 @@ def atomic_destination(path: str | Path) -> Iterator[Path]:
     make_folder(path.parent)
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        temporary.touch()  # an unwritable folder fails here, as an OSError: torch's and safetensors' writers raise others
         yield temporary
         os.chmod(temporary, 0o666 & ~_umask())  # a normal file's mode, whatever the writer chose (safetensors: 0600)
         os.replace(temporary, path)
+    except OSError as error:
+        if error.filename not in (str(temporary), str(path)) and error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise  # not this write's failure (e.g. an input read inside the block)
+        raise UserError(f"cannot write {path}: {error.strerror}") from None
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -30,6 +36,8 @@ def make_folder(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise UserError(f"{folder} cannot be a folder: a file of that name (or of a parent's) exists") from None
+    except OSError as error:  # no permission, a read-only file system
+        raise UserError(f"cannot create the folder {folder}: {error.strerror}") from None
 
 
 def _umask() -> int:
