@@ -126,6 +126,8 @@ def test_cli_reports_config_errors_without_traceback(tiny, capsys) -> None:
     assert cli("train", config, "--data", data, "--set", "train.batchsize=4") == 2
     err = capsys.readouterr().err
     assert "unknown config key train.'batchsize'" in err and "batch_size" in err and "Traceback" not in err
+    assert cli("test", config, "--data", data) == 2  # a recipe has no pretrained weights to fall back on
+    assert "is a recipe: give the CHECKPOINT to evaluate with it" in capsys.readouterr().err
 
 
 # -- training, corrupt data, test command ------------------------------------------------------------

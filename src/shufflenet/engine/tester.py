@@ -22,7 +22,7 @@ from .trainer import CorruptReporter
 
 def test(
     source: str,
-    checkpoint: str | Path,
+    checkpoint: str | Path | None = None,
     data: str | None = None,
     batch_size: int = 100,
     workers: int = 2,
@@ -31,8 +31,9 @@ def test(
 ) -> dict:
     """Metrics of ``checkpoint`` (built as ``source``: a YAML recipe or a model name) on ``data``.
 
-    ``checkpoint`` may also be an exported ``.onnx`` model (fp32 or INT8), run by ONNX Runtime."""
-    checkpoint = Path(checkpoint)
+    ``checkpoint`` may also be an exported ``.onnx`` model (fp32 or INT8), run by ONNX Runtime; without
+    it, ``source``'s pretrained weights are scored (``name.tag`` picks them) and ``out`` defaults to runs/test/SOURCE."""
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
     config = load_config(source) if source.endswith((".yaml", ".yml")) else None
     model, config = load_model(checkpoint, source, config)
     prep: Preprocessing = model.preprocessing
@@ -54,19 +55,26 @@ def test(
     if not result["images"]:
         raise UserError(f"none of the {result['skipped_images']} images in {path} could be read")
     result = _for_the_folder_classes(result, folder.classes, dataset.classes)
-    png = Path(out or checkpoint.parent) / "confusion.png"
+    png = Path(out or (checkpoint.parent if checkpoint else Path("runs", "test", source))) / "confusion.png"
     make_folder(png.parent)
     from .plots import plot_confusion
 
     plot_confusion(result["confusion"], result["class_names"], png)
     weights = (getattr(model, "source", None) or {}).get("weights")  # "ema" or "model" for a training state
-    return {"model": getattr(model, "model_name", source), "checkpoint": str(checkpoint), "weights": weights, **result,
+    return {"model": getattr(model, "model_name", source), "checkpoint": str(checkpoint or source), "weights": weights, **result,
             "confusion_png": str(png)}
 
 
-def load_model(checkpoint: Path, source: str, config: Config | None) -> tuple[nn.Module | Callable, Config | None]:
+def load_model(checkpoint: Path | None, source: str, config: Config | None) -> tuple[nn.Module | Callable, Config | None]:
     """A training-state file of ``shufflenet train`` (its EMA weights when it has them), an ONNX
-    export, or any weights file ``shufflenet.weights`` reads; modules come back in eval mode."""
+    export, any weights file ``shufflenet.weights`` reads, or (no file) the model's pretrained weights;
+    modules come back in eval mode."""
+    if checkpoint is None:
+        if config is not None:
+            raise UserError(f"{source} is a recipe: give the CHECKPOINT to evaluate with it")
+        from ..weights import load_model as load_weights
+
+        return load_weights(source), None
     if not checkpoint.is_file():
         missing = f"{checkpoint} is a folder; give a checkpoint file" if checkpoint.is_dir() else f"checkpoint not found: {checkpoint}"
         raise UserError(missing)
