@@ -1,7 +1,7 @@
 """Checkpoint interop: each zoo's format converts to logits equal to the source model's.
 
-torchvision and mmpretrain fixtures come from their own models; Megvii, mindcv and MegEngine
-fixtures are built from the documented layouts, and Megvii's V1 forward (shuffle after the
+torchvision and mmpretrain fixtures come from their own models; Megvii, mindcv, MegEngine and
+PaddleClas fixtures are built from the documented layouts, and Megvii's V1 forward (shuffle after the
 depthwise conv, inverse permutation) is re-implemented functionally below as the reference.
 """
 
@@ -261,6 +261,60 @@ def test_megengine_pickle_converts_and_refuses_code(tmp_path):
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"w": Exploit()}))
     with pytest.raises(UserError, match="refusing"):
         load_checkpoint(tmp_path / "evil.pkl")
+
+
+# -- PaddleClas (.pdparams: paddle.save's pickle of numpy arrays) -----------------------------------
+PADDLE_BN = {"weight": "weight", "bias": "bias", "running_mean": "_mean", "running_var": "_variance"}
+PADDLECLAS_WIDTHS = {"0_25": [24, 24, 48, 96, 512], "1_0": [24, 116, 232, 464, 1024]}  # ppcls ShuffleNet's tables
+
+
+def paddleclas_pdparams(tv: torch.nn.Module) -> bytes:
+    """A torchvision V2's weights as PaddleClas saves its ShuffleNet: ppcls layer names (``_conv1``,
+    units ``<stage>_<n>`` with ``_conv_dw_1``... in stride-2 units, ``ConvBNLayer`` = ``_conv`` +
+    ``_batch_norm`` with ``_mean``/``_variance``), its Linear as (in, out), numpy arrays, and
+    paddle.save's name table, pickled with protocol 4."""
+    arrays = {}
+    for key, value in tv.state_dict().items():
+        *path, name = key.split(".")
+        if name == "num_batches_tracked":  # Paddle's BatchNorm keeps no counter
+            continue
+        if path == ["fc"]:
+            arrays[f"_fc.{name}"] = (value.t() if name == "weight" else value).numpy()
+            continue
+        if path[0] in ("conv1", "conv5"):  # Sequential(conv, bn, relu)
+            layer, is_bn = {"conv1": "_conv1", "conv5": "_last_conv"}[path[0]], path[1] == "1"
+        else:  # stageS.I.branch1 = (dw, bn, pw, bn, relu); branch2 = (pw, bn, relu, dw, bn, pw, bn, relu)
+            stage, unit, branch, index = int(path[0][5:]), int(path[1]), path[2], int(path[3])
+            if branch == "branch1":
+                kind, is_bn = ("_conv_dw_1", "_conv_linear_1")[index // 2], index % 2 == 1
+            else:
+                kind = {0: "_conv_pw", 1: "_conv_pw", 3: "_conv_dw", 4: "_conv_dw", 5: "_conv_linear", 6: "_conv_linear"}[index]
+                kind, is_bn = kind + ("_2" if unit == 0 else ""), index in (1, 4, 6)
+            layer = f"{stage}_{unit + 1}.{kind}"
+        arrays[f"{layer}._batch_norm.{PADDLE_BN[name]}" if is_bn else f"{layer}._conv.weight"] = value.numpy()
+    arrays["StructuredToParameterName@@"] = {key: f"create_parameter_{i}.w_0" for i, key in enumerate(arrays)}
+    return pickle.dumps(arrays, protocol=4)
+
+
+@pytest.mark.parametrize("width", list(PADDLECLAS_WIDTHS))
+def test_paddleclas_pdparams_convert_exactly_by_file_and_by_tag(width, tmp_path, monkeypatch):
+    """x1.0 from a file; x0.25, whose only public weights are PaddleClas's, through its default tag.
+    torchvision's ShuffleNetV2 built with PaddleClas's channel table is the reference for both."""
+    monkeypatch.setenv("SHUFFLENET_HOME", str(tmp_path / "home"))
+    tv = randomize_bn(torchvision.models.ShuffleNetV2([4, 8, 4], PADDLECLAS_WIDTHS[width])).eval()
+    payload, requested = paddleclas_pdparams(tv), []
+    if width == "1_0":
+        (tmp_path / "ShuffleNetV2_x1_0_pretrained.pdparams").write_bytes(payload)
+        model = load_checkpoint(tmp_path / "ShuffleNetV2_x1_0_pretrained.pdparams")
+    else:
+        monkeypatch.setattr(hub, "_open_url", lambda url: requested.append(url) or io.BytesIO(payload))
+        model = shufflenet.get_model(f"shufflenet_v2_x{width}", pretrained=True)
+        assert requested == [f"https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/ShuffleNetV2_x{width}_pretrained.pdparams"]
+        assert model.source["tag"] == f"shufflenet_v2_x{width}.paddle_in1k"
+    assert model.model_name == f"shufflenet_v2_x{width}" and model.preprocessing == IMAGENET
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert max_diff(model(x), tv(x)) <= TOL
 
 
 # -- our format, errors, CLI -----------------------------------------------------------------------

@@ -122,21 +122,25 @@ _V2 = {
     1.5: ((3_503_624, 295_757 * K, 72.996, 91.086), (299, 27.4), (299, 3.5, 72.6, 90.6), (72.79, 90.93)),
     2.0: ((7_393_996, 583_253 * K, 76.230, 93.006), (591, 25.1), (591, 7.4, 75.0, 92.4), (75.07, 92.08)),
 }
+# PaddleClas's zoo table (docs/en/ImageNet_models_en.md): top-1, top-5 of its .pdparams weights. Its
+# params column is given to 0.01 M, and is kept where no other source counts them (0.25x, 0.33x); its
+# "FLOPs" column (0.03 / 0.04 G there) counts about two per multiply-add at one significant digit.
+_PADDLECLAS_V2 = {0.25: (49.90, 73.79), 0.33: (53.73, 77.05), 0.5: (60.32, 82.26), 1.0: (68.80, 88.45),
+                  1.5: (71.63, 90.15), 2.0: (73.15, 91.20)}
 for _w, (_tv, (_pm, _perr), _mg, _mc) in _V2.items():
     _refs = (
         Reference("torchvision", *_tv),
         Reference("paper", macs=_pm * M, top1=round(100 - _perr, 1)),
         Reference("megvii", params=round(_mg[1] * M), macs=_mg[0] * M, top1=_mg[2], top5=_mg[3]),
         Reference("mindcv", top1=_mc[0], top5=_mc[1]),
+        Reference("paddleclas", top1=_PADDLECLAS_V2[_w][0], top5=_PADDLECLAS_V2[_w][1]),
     )
     if _w == 1.0:
         _refs += (Reference("mmpretrain", params=2_280 * K, macs=149 * M, top1=69.55, top5=88.92),)
     register(ModelSpec(f"shufflenet_v2_{_width_suffix(_w)}", "ShuffleNet V2", ShuffleNetV2, {"width": _w}, _refs))
 _ALIASES["shufflenet-v2-1x_16xb64_in1k"] = "shufflenet_v2_x1_0.mmpretrain_in1k"
-# PaddleClas's two narrower widths (its zoo table: params to 0.01 M, top-1, top-5). Its "FLOPs" column
-# (0.03 / 0.04 G) counts about two per multiply-add at one significant digit, so it is not used.
-for _w, (_params, _top1, _top5) in {0.25: (0.60, 49.9, 73.8), 0.33: (0.64, 53.7, 77.1)}.items():
-    _refs = (Reference("paddleclas", params=round(_params * M), top1=_top1, top5=_top5),)
+for _w, _params in {0.25: 0.60, 0.33: 0.64}.items():
+    _refs = (Reference("paddleclas", params=round(_params * M), top1=_PADDLECLAS_V2[_w][0], top5=_PADDLECLAS_V2[_w][1]),)
     register(ModelSpec(f"shufflenet_v2_{_width_suffix(_w)}", "ShuffleNet V2", ShuffleNetV2, {"width": _w}, _refs))
 
 # -- ShuffleNet V2+ (Megvii's searched model; README: MACs, params, top-1 / top-5 error) -----------

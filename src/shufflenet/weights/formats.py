@@ -3,12 +3,14 @@
 Each ``SourceFormat`` turns a source state dict into our key names (``to_ours``), says which
 architecture variant the weights need per family (``variant_kwargs``) and how the zoo evaluated
 them (``preprocessing``). Parameter values are never changed here except where the layout demands
-it (MindSpore's per-group convolutions are concatenated, MegEngine's shapes are flattened); the one
+it (MindSpore's per-group convolutions are concatenated, MegEngine's shapes are flattened, Paddle's
+classifier matrix is transposed); the one
 value permutation (a V1 shuffle placed after the depthwise conv) needs the built model and lives
 in ``checkpoint.py``.
 
 Files are read without ever running pickled code: ``torch.load(weights_only=True)``, safetensors,
-a protobuf parser for MindSpore and an allow-list unpickler (numpy arrays only) for MegEngine.
+a protobuf parser for MindSpore and an allow-list unpickler (numpy arrays only) for MegEngine and
+PaddleClas (``paddle.save`` pickles a state dict as numpy arrays).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def read_file(path: str | Path) -> RawCheckpoint:
     if head[:1] == b"\x0a":
         return _read_mindspore(path)
     raise CheckpointError(
-        f"{path}: not a PyTorch, safetensors, MindSpore or MegEngine checkpoint (unrecognised header)"
+        f"{path}: not a PyTorch, safetensors, MindSpore, MegEngine or PaddlePaddle checkpoint (unrecognised header)"
     )
 
 
@@ -110,7 +112,7 @@ LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a"  # pre-1.6 torch.save: protocol 2, then
 
 
 class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles dicts of numpy arrays and nothing else (MegEngine ``.pkl`` weights)."""
+    """Unpickles dicts of numpy arrays and nothing else (MegEngine ``.pkl``, PaddlePaddle ``.pdparams``)."""
 
     ALLOWED = frozenset({
         ("collections", "OrderedDict"), ("numpy", "ndarray"), ("numpy", "dtype"),
@@ -132,7 +134,7 @@ def _read_pickle(path: Path) -> RawCheckpoint:
         with path.open("rb") as f:
             obj = _ArrayUnpickler(f).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
-        raise CheckpointError(f"{path}: not a readable MegEngine pickle of numpy arrays ({error})") from None
+        raise CheckpointError(f"{path}: not a readable MegEngine/PaddlePaddle pickle of numpy arrays ({error})") from None
     return _unwrap(obj, path, "pickle")
 
 
@@ -306,6 +308,26 @@ def megengine_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return {k: v.flatten() if ".bn." in k and v.ndim == 4 else v for k, v in state.items()}
 
 
+PADDLE_UNIT = {  # PaddleClas's InvertedResidualDS (stride 2, suffixed by branch) and InvertedResidual layers
+    "_conv_dw_1": "branch_proj.0", "_conv_linear_1": "branch_proj.1",
+    "_conv_pw_2": "branch_main.0", "_conv_dw_2": "branch_main.1", "_conv_linear_2": "branch_main.2",
+    "_conv_pw": "branch_main.0", "_conv_dw": "branch_main.1", "_conv_linear": "branch_main.2",
+}
+
+
+def paddleclas_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """PaddleClas (``ppcls`` ShuffleNetV2, torchvision's layout): ``ConvBNLayer`` = ``_conv`` + ``_batch_norm``
+    (``_mean``/``_variance``), units named ``<stage>_<n>`` from ``2_1``, and a Linear stored (in, out)."""
+    rules: list[Rule] = [
+        (r"^_conv1\.", "stem."), (r"^_last_conv\.", "conv_last."), (r"^_fc\.", "head.fc."),
+        (r"^(\d)_(\d+)\.(_conv_[a-z]+(?:_[12])?)\.", lambda m: f"stages.{int(m[1]) - 2}.{int(m[2]) - 1}.{PADDLE_UNIT[m[3]]}."),
+        (r"\._conv\.", ".conv."), (r"\._batch_norm\._mean$", ".bn.running_mean"),
+        (r"\._batch_norm\._variance$", ".bn.running_var"), (r"\._batch_norm\.", ".bn."),
+    ]
+    state = {_apply_all(k, rules): v for k, v in state.items()}
+    return {k: v.t() if k == "head.fc.weight" else v for k, v in state.items()}
+
+
 @dataclass(frozen=True)
 class SourceFormat:
     name: str
@@ -335,6 +357,7 @@ FORMATS = {
         SourceFormat("mindcv", "MindSpore .ckpt (protobuf)", mindcv_to_ours, {V1: MEGVII_V1, V2: MEGVII_V2}),
         SourceFormat("megengine", "MegEngine .pkl (pickled numpy arrays)", megengine_to_ours,
                      {V2: MEGVII_V2}, preprocessing=MEGENGINE),
+        SourceFormat("paddleclas", "PaddleClas .pdparams (paddle.save: pickled numpy arrays)", paddleclas_to_ours),
     )
 }
 
@@ -346,7 +369,7 @@ def detect_format(raw: RawCheckpoint) -> str:
     if raw.container == "mindspore":
         return "mindcv"
     if raw.container == "pickle":
-        return "megengine"
+        return "paddleclas" if "_conv1._conv.weight" in raw.tensors else "megengine"
     keys = list(raw.tensors)
     if any(k.startswith("backbone.") for k in keys):
         return "mmpretrain"

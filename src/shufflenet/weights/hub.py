@@ -4,7 +4,8 @@ Every tag names its official URL, how its hash is checked, its published accurac
 preprocessing it was evaluated with. Downloads go to ``$SHUFFLENET_HOME/weights`` (default
 ``~/.cache/shufflenet/weights``); once a file is there no network is needed. A hash is verified
 only where the publisher documents the file-name suffix as a sha256 prefix (torchvision,
-mmpretrain); mindcv and MegEngine suffixes are of an undocumented kind and are not checked.
+mmpretrain); mindcv and MegEngine suffixes are of an undocumented kind and are not checked, and
+PaddleClas names carry none.
 Megvii publishes its files only through OneDrive/BaiduYun folders, so those tags are "manual":
 the error message says where to put the downloaded file.
 
@@ -108,7 +109,20 @@ def _tags() -> list[PretrainedTag]:
     for width, (suffix, top1, top5) in megengine_v2.items():
         url = f"{me}snetv2_{width}_{suffix}.pkl"
         tags.append(PretrainedTag(f"shufflenet_v2_{width}", "megengine_in1k", "megengine", url, top1, top5, MEGENGINE))
+    tags += _paddleclas_tags()
     tags += _megvii_tags()
+    return tags
+
+
+def _paddleclas_tags() -> list[PretrainedTag]:
+    """PaddleClas's dygraph weights, the only public ones at 0.25x and 0.33x; accuracy from its zoo table
+    (our registry's "paddleclas" references). No hash is published."""
+    tags = []
+    for width in ("0_25", "0_33", "0_5", "1_0", "1_5", "2_0"):
+        name = f"shufflenet_v2_x{width}"
+        ref = next(r for r in get_spec(name).references if r.source == "paddleclas")
+        url = f"https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/ShuffleNetV2_x{width}_pretrained.pdparams"
+        tags.append(PretrainedTag(name, "paddle_in1k", "paddleclas", url, ref.top1, ref.top5))
     return tags
 
 
