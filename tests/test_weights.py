@@ -268,11 +268,12 @@ PADDLE_BN = {"weight": "weight", "bias": "bias", "running_mean": "_mean", "runni
 PADDLECLAS_WIDTHS = {"0_25": [24, 24, 48, 96, 512], "1_0": [24, 116, 232, 464, 1024]}  # ppcls ShuffleNet's tables
 
 
-def paddleclas_pdparams(tv: torch.nn.Module) -> bytes:
+def paddleclas_pdparams(tv: torch.nn.Module, conv_bn: tuple[str, str] = ("_conv", "_batch_norm")) -> bytes:
     """A torchvision V2's weights as PaddleClas saves its ShuffleNet: ppcls layer names (``_conv1``,
     units ``<stage>_<n>`` with ``_conv_dw_1``... in stride-2 units, ``ConvBNLayer`` = ``_conv`` +
     ``_batch_norm`` with ``_mean``/``_variance``), its Linear as (in, out), numpy arrays, and
-    paddle.save's name table, pickled with protocol 4."""
+    paddle.save's name table, pickled with protocol 4. ``conv_bn=("0", "1")``: paddle.vision's copy,
+    whose layers are ``ConvNormActivation`` Sequentials."""
     arrays = {}
     for key, value in tv.state_dict().items():
         *path, name = key.split(".")
@@ -291,18 +292,19 @@ def paddleclas_pdparams(tv: torch.nn.Module) -> bytes:
                 kind = {0: "_conv_pw", 1: "_conv_pw", 3: "_conv_dw", 4: "_conv_dw", 5: "_conv_linear", 6: "_conv_linear"}[index]
                 kind, is_bn = kind + ("_2" if unit == 0 else ""), index in (1, 4, 6)
             layer = f"{stage}_{unit + 1}.{kind}"
-        arrays[f"{layer}._batch_norm.{PADDLE_BN[name]}" if is_bn else f"{layer}._conv.weight"] = value.numpy()
+        arrays[f"{layer}.{conv_bn[1]}.{PADDLE_BN[name]}" if is_bn else f"{layer}.{conv_bn[0]}.weight"] = value.numpy()
     arrays["StructuredToParameterName@@"] = {key: f"create_parameter_{i}.w_0" for i, key in enumerate(arrays)}
     return pickle.dumps(arrays, protocol=4)
 
 
-@pytest.mark.parametrize("width", list(PADDLECLAS_WIDTHS))
-def test_paddleclas_pdparams_convert_exactly_by_file_and_by_tag(width, tmp_path, monkeypatch):
-    """x1.0 from a file; x0.25, whose only public weights are PaddleClas's, through its default tag.
-    torchvision's ShuffleNetV2 built with PaddleClas's channel table is the reference for both."""
+@pytest.mark.parametrize(("width", "conv_bn"), [("0_25", ("_conv", "_batch_norm")), ("1_0", ("_conv", "_batch_norm")), ("1_0", ("0", "1"))])
+def test_paddleclas_pdparams_convert_exactly_by_file_and_by_tag(width, conv_bn, tmp_path, monkeypatch):
+    """x1.0 from a file, as PaddleClas and as paddle.vision save it; x0.25, whose only public weights
+    are PaddleClas's, through its default tag. torchvision's ShuffleNetV2 built with PaddleClas's
+    channel table is the reference."""
     monkeypatch.setenv("SHUFFLENET_HOME", str(tmp_path / "home"))
     tv = randomize_bn(torchvision.models.ShuffleNetV2([4, 8, 4], PADDLECLAS_WIDTHS[width])).eval()
-    payload, requested = paddleclas_pdparams(tv), []
+    payload, requested = paddleclas_pdparams(tv, conv_bn), []
     if width == "1_0":
         (tmp_path / "ShuffleNetV2_x1_0_pretrained.pdparams").write_bytes(payload)
         model = load_checkpoint(tmp_path / "ShuffleNetV2_x1_0_pretrained.pdparams")

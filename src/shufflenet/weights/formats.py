@@ -316,13 +316,15 @@ PADDLE_UNIT = {  # PaddleClas's InvertedResidualDS (stride 2, suffixed by branch
 
 
 def paddleclas_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """PaddleClas (``ppcls`` ShuffleNetV2, torchvision's layout): ``ConvBNLayer`` = ``_conv`` + ``_batch_norm``
-    (``_mean``/``_variance``), units named ``<stage>_<n>`` from ``2_1``, and a Linear stored (in, out)."""
+    """PaddleClas (``ppcls`` ShuffleNetV2, torchvision's layout) and Paddle's own ``paddle.vision.models``
+    copy of it: units named ``<stage>_<n>`` from ``2_1``, each conv+BN a ``ConvBNLayer`` (``_conv``,
+    ``_batch_norm``) or a ``ConvNormActivation`` (``0``, ``1``), BN statistics ``_mean``/``_variance``,
+    and a Linear stored (in, out)."""
     rules: list[Rule] = [
         (r"^_conv1\.", "stem."), (r"^_last_conv\.", "conv_last."), (r"^_fc\.", "head.fc."),
         (r"^(\d)_(\d+)\.(_conv_[a-z]+(?:_[12])?)\.", lambda m: f"stages.{int(m[1]) - 2}.{int(m[2]) - 1}.{PADDLE_UNIT[m[3]]}."),
-        (r"\._conv\.", ".conv."), (r"\._batch_norm\._mean$", ".bn.running_mean"),
-        (r"\._batch_norm\._variance$", ".bn.running_var"), (r"\._batch_norm\.", ".bn."),
+        (r"\.(?:_conv|0)\.weight$", ".conv.weight"), (r"\.(?:_batch_norm|1)\._mean$", ".bn.running_mean"),
+        (r"\.(?:_batch_norm|1)\._variance$", ".bn.running_var"), (r"\.(?:_batch_norm|1)\.(weight|bias)$", r".bn.\1"),
     ]
     state = {_apply_all(k, rules): v for k, v in state.items()}
     return {k: v.t() if k == "head.fc.weight" else v for k, v in state.items()}
@@ -357,7 +359,8 @@ FORMATS = {
         SourceFormat("mindcv", "MindSpore .ckpt (protobuf)", mindcv_to_ours, {V1: MEGVII_V1, V2: MEGVII_V2}),
         SourceFormat("megengine", "MegEngine .pkl (pickled numpy arrays)", megengine_to_ours,
                      {V2: MEGVII_V2}, preprocessing=MEGENGINE),
-        SourceFormat("paddleclas", "PaddleClas .pdparams (paddle.save: pickled numpy arrays)", paddleclas_to_ours),
+        SourceFormat("paddleclas", "PaddleClas or paddle.vision .pdparams (paddle.save: pickled numpy arrays)",
+                     paddleclas_to_ours),
     )
 }
 
@@ -369,7 +372,7 @@ def detect_format(raw: RawCheckpoint) -> str:
     if raw.container == "mindspore":
         return "mindcv"
     if raw.container == "pickle":
-        return "paddleclas" if "_conv1._conv.weight" in raw.tensors else "megengine"
+        return "paddleclas" if {"_conv1._conv.weight", "_conv1.0.weight"} & set(raw.tensors) else "megengine"
     keys = list(raw.tensors)
     if any(k.startswith("backbone.") for k in keys):
         return "mmpretrain"
