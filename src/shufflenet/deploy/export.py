@@ -44,8 +44,13 @@ def model_metadata(model: nn.Module, input_size: int | None = None) -> dict[str,
         "model_name": getattr(model, "model_name", None) or type(model).__name__,
         "preprocessing": json.dumps(export_preprocessing(model, input_size).to_dict()),
         **({"class_names": json.dumps(list(class_names))} if class_names else {}),
-        **({"quantization": f"int8 qdq per-channel reduce_range={qat_levels < 127} aware-training"} if qat_levels else {}),
+        **({"quantization": int8_scheme(qat_levels < 127, "aware-training")} if qat_levels else {}),
     }
+
+
+def int8_scheme(reduce_range: bool, detail: str = "") -> str:
+    """The ``quantization`` metadata of an INT8 file (QDQ, per-channel weights), post-training or aware."""
+    return f"int8 qdq per-channel reduce_range={reduce_range}" + (f" {detail}" if detail else "")
 
 
 def read_metadata(proto: onnx.ModelProto) -> dict:

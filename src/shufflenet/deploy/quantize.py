@@ -18,7 +18,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 
 from ..data.preprocess import Preprocessing
 from ..errors import UserError
-from .export import INPUT_NAME, set_metadata
+from .export import INPUT_NAME, int8_scheme, set_metadata
 
 
 def calibration_sample(images: Sequence[Path], count: int) -> list[Path]:
@@ -108,7 +108,7 @@ def quantize_onnx(
     )
     quantized = onnx.load(str(out_path))  # quantize_static drops the metadata: put it back
     props = {p.key: p.value for p in fp32.metadata_props}
-    scheme = f"int8 qdq per-channel reduce_range={reduce_range}" + (f" float={','.join(keep_float)}" if keep_float else "")
+    scheme = int8_scheme(reduce_range, f"float={','.join(keep_float)}" if keep_float else "")
     set_metadata(quantized, {**props, "quantization": scheme})
     onnx.save(quantized, str(out_path))
     return quantized

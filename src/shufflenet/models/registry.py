@@ -46,6 +46,10 @@ class ModelSpec:
         model.preprocessing = self.preprocessing
         return model
 
+    def published_by(self, source: str) -> Reference:
+        """The figures ``source`` published for this model (the accuracy a download tag states)."""
+        return next(r for r in self.references if r.source == source)
+
     def reference(self, quantity: str) -> tuple[int, str] | None:
         """(value, source) of the first source that published ``quantity`` ("params" or "macs")."""
         return next(((getattr(r, quantity), r.source) for r in self.references if getattr(r, quantity)), None)

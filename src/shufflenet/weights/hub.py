@@ -120,7 +120,7 @@ def _paddleclas_tags() -> list[PretrainedTag]:
     tags = []
     for width in ("0_25", "0_33", "0_5", "1_0", "1_5", "2_0"):
         name = f"shufflenet_v2_x{width}"
-        ref = next(r for r in get_spec(name).references if r.source == "paddleclas")
+        ref = get_spec(name).published_by("paddleclas")
         url = f"https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/ShuffleNetV2_x{width}_pretrained.pdparams"
         tags.append(PretrainedTag(name, "paddle_in1k", "paddleclas", url, ref.top1, ref.top5))
     return tags
@@ -133,7 +133,7 @@ def _megvii_tags() -> list[PretrainedTag]:
     names += [f"shufflenet_v2_plus_{size}" for size in ("small", "medium", "large")]
     tags = []
     for name in names:
-        ref = next(r for r in get_spec(name).references if r.source == "megvii")
+        ref = get_spec(name).published_by("megvii")
         tags.append(PretrainedTag(name, "megvii_in1k", "megvii", MEGVII_FOLDER, ref.top1, ref.top5, MEGVII,
                                   manual=True, filename=f"{name}.megvii_in1k.pth.tar"))
     return tags
