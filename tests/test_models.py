@@ -21,7 +21,7 @@ ALL_MODELS = shufflenet.list_models()
 
 def test_zoo_is_complete():
     v1 = [f"shufflenet_v1_g{g}_x{w}" for g in (1, 2, 3, 4, 8) for w in ("0_25", "0_5", "1_0", "1_5", "2_0")]
-    v2 = [f"shufflenet_v2_x{w}" for w in ("0_25", "0_33", "0_5", "1_0", "1_5", "2_0")]
+    v2 = [f"shufflenet_v2_x{w}" for w in ("0_25", "0_33", "0_5", "1_0", "1_5", "2_0")] + ["shufflenet_v2_x1_0_swish"]
     v2_plus = [f"shufflenet_v2_plus_{s}" for s in ("small", "medium", "large")]
     assert sorted(ALL_MODELS) == sorted(v1 + v2 + v2_plus)
 

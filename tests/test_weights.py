@@ -319,6 +319,35 @@ def test_paddleclas_pdparams_convert_exactly_by_file_and_by_tag(width, conv_bn, 
         assert max_diff(model(x), tv(x)) <= TOL
 
 
+def test_paddleclas_swish_is_x1_0_with_silu_by_tag_or_by_name(tmp_path, monkeypatch):
+    """ShuffleNetV2_swish has x1.0's shapes: its tag, its file name or its model name build swish
+    (torchvision's x1.0 with every ReLU a SiLU is the reference); the weights alone read as ReLU x1.0.
+    A saved swish V2 keeps its activation."""
+    monkeypatch.setenv("SHUFFLENET_HOME", str(tmp_path / "home"))
+    tv = randomize_bn(torchvision.models.shufflenet_v2_x1_0()).eval()
+    for parent in list(tv.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.ReLU):
+                setattr(parent, name, torch.nn.SiLU())
+    payload, requested = paddleclas_pdparams(tv), []
+    monkeypatch.setattr(hub, "_open_url", lambda url: requested.append(url) or io.BytesIO(payload))
+    model = shufflenet.get_model("shufflenet_v2_x1_0_swish", pretrained=True)
+    assert requested == ["https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/ShuffleNetV2_swish_pretrained.pdparams"]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = tv(x)
+        assert max_diff(model(x), expected) <= TOL
+        (tmp_path / "ShuffleNetV2_swish_pretrained.pdparams").write_bytes(payload)
+        (tmp_path / "renamed.pdparams").write_bytes(payload)
+        assert max_diff(load_checkpoint(tmp_path / "ShuffleNetV2_swish_pretrained.pdparams")(x), expected) <= TOL
+        assert load_checkpoint(tmp_path / "renamed.pdparams").model_name == "shufflenet_v2_x1_0"
+        named = load_checkpoint(tmp_path / "renamed.pdparams", spec=shufflenet.models.registry.get_spec("shufflenet_v2_x1_0_swish"))
+        assert max_diff(named(x), expected) <= TOL
+        half = shufflenet.get_model("shufflenet_v2_x0_5", activation="silu").eval()
+        save_checkpoint(half, tmp_path / "half.safetensors")
+        assert torch.equal(load_model(str(tmp_path / "half.safetensors"))(x), half(x))
+
+
 # -- our format, errors, CLI -----------------------------------------------------------------------
 def test_safetensors_round_trip_keeps_metadata(tmp_path):
     model = shufflenet.get_model("shufflenet_v1_g8_x0_5", shuffle="megvii", fc_bias=False, num_classes=7).eval()

@@ -147,6 +147,13 @@ for _w, _params in {0.25: 0.60, 0.33: 0.64}.items():
     _refs = (Reference("paddleclas", params=round(_params * M), top1=_PADDLECLAS_V2[_w][0], top5=_PADDLECLAS_V2[_w][1]),)
     register(ModelSpec(f"shufflenet_v2_{_width_suffix(_w)}", "ShuffleNet V2", ShuffleNetV2, {"width": _w}, _refs))
 
+# PaddleClas's ShuffleNetV2_swish: x1.0 with swish (SiLU) after each conv but the depthwise ones. Its
+# weights have x1.0's shapes, so it has a family of its own: a file is never taken for it by its keys,
+# only by this name (tag, ``convert --model``). Its table's "FLOPs" (148.86 M, as for the ReLU x1.0)
+# come from paddle.flops, which also counts BN and activations, so only its params are kept.
+register(ModelSpec("shufflenet_v2_x1_0_swish", "ShuffleNet V2 (swish)", ShuffleNetV2, {"width": 1.0, "activation": "silu"},
+                   (Reference("paddleclas", params=2_290 * K, top1=70.03, top5=89.17),)))
+
 # -- ShuffleNet V2+ (Megvii's searched model; README: MACs, params, top-1 / top-5 error) -----------
 for _size, (_macs, _params, _e1, _e5) in {
     "small": (156, 5.1, 25.9, 8.3),

@@ -36,6 +36,7 @@ STAGE_WIDTHS = {
 STAGE_REPEATS = (4, 8, 4)
 LAYOUTS = ("torchvision", "megvii")
 ROUTINGS = ("shuffle", "even_odd")
+ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU}  # silu: PaddleClas's ShuffleNetV2_swish
 
 
 class ShuffleUnitV2(nn.Module):
@@ -48,7 +49,8 @@ class ShuffleUnitV2(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, stride: int, proj_channels: int, even_odd: bool
+        self, in_channels: int, out_channels: int, stride: int, proj_channels: int, even_odd: bool,
+        act: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
         self.stride = stride
@@ -57,15 +59,15 @@ class ShuffleUnitV2(nn.Module):
         if stride == 2:
             self.branch_proj = nn.Sequential(
                 ConvBNAct(in_channels, in_channels, 3, stride, groups=in_channels, act=None),
-                ConvBNAct(in_channels, proj_channels, 1),
+                ConvBNAct(in_channels, proj_channels, 1, act=act),
             )
             main_in, main_out = in_channels, out_channels - proj_channels
         else:
             main_in = main_out = in_channels // 2
         self.branch_main = nn.Sequential(
-            ConvBNAct(main_in, mid, 1),
+            ConvBNAct(main_in, mid, 1, act=act),
             ConvBNAct(mid, mid, 3, stride, groups=mid, act=None),
-            ConvBNAct(mid, main_out, 1),
+            ConvBNAct(mid, main_out, 1, act=act),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,6 +104,8 @@ class ShuffleNetV2(ShuffleNetBase):
             of ``width``'s table; torchvision's ``stages_out_channels``. Hardware-friendly widths,
             e.g. ``(24, 112, 224, 448, 1024)``, can run faster than the paper's: docs/models.md.
         stage_repeats: units per stage, ``(4, 8, 4)`` by default; one entry per stage.
+        activation: ``"relu"`` (the paper's) or ``"silu"`` (swish: PaddleClas's ShuffleNetV2_swish),
+            after every conv but the depthwise ones.
         out_indices, frozen_stages, norm_eval: backbone options, see ``ShuffleNetBase``.
     """
 
@@ -115,6 +119,7 @@ class ShuffleNetV2(ShuffleNetBase):
         small_input: bool = False,
         stage_widths: Sequence[int] | None = None,
         stage_repeats: Sequence[int] | None = None,
+        activation: str = "relu",
         out_indices: Sequence[int] | None = None,
         frozen_stages: int = -1,
         norm_eval: bool = False,
@@ -128,6 +133,8 @@ class ShuffleNetV2(ShuffleNetBase):
         routing = routing or ("even_odd" if megvii else "shuffle")
         if routing not in ROUTINGS or (megvii and routing != "even_odd"):
             raise ValueError(f"ShuffleNet V2 routing must be one of {ROUTINGS} (the megvii layout: even_odd), got {routing!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"ShuffleNet V2 activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
         if dropout is None:
             dropout = 0.2 if megvii and width == 2.0 else 0.0
         # kept (None when the defaults) so that a checkpoint can record them
@@ -139,19 +146,20 @@ class ShuffleNetV2(ShuffleNetBase):
         stem, *widths, last = table
         if megvii and any(out <= into for into, out in zip((stem, *widths), widths)):  # stride-2 main branch: out - in channels
             raise ValueError(f"the megvii layout needs each stage wider than its input (stem {stem}, stages {widths}); 0.25x is not")
-        self.layout, self.routing = layout, routing
-        self.stem = ConvBNAct(3, stem, 3, stride=1 if small_input else 2)
+        self.layout, self.routing, self.activation = layout, routing, activation
+        act = ACTIVATIONS[activation]
+        self.stem = ConvBNAct(3, stem, 3, stride=1 if small_input else 2, act=act)
         self.stem_pool = nn.Identity() if small_input else nn.MaxPool2d(3, 2, 1)
         self.stages = nn.ModuleList()
         in_channels = stem
         for repeats, out_channels in zip(stage_repeats, widths):
             proj = in_channels if megvii else out_channels // 2
             even_odd = routing == "even_odd"
-            units = [ShuffleUnitV2(in_channels, out_channels, 2, proj, even_odd)]
-            units += [ShuffleUnitV2(out_channels, out_channels, 1, proj, even_odd) for _ in range(repeats - 1)]
+            units = [ShuffleUnitV2(in_channels, out_channels, 2, proj, even_odd, act)]
+            units += [ShuffleUnitV2(out_channels, out_channels, 1, proj, even_odd, act) for _ in range(repeats - 1)]
             self.stages.append(nn.Sequential(*units))
             in_channels = out_channels
-        self.conv_last = ConvBNAct(in_channels, last, 1)
+        self.conv_last = ConvBNAct(in_channels, last, 1, act=act)
         self.head = ClassifierHead(last, num_classes, dropout, bias=not megvii)
         self.init_weights()
         self._init_backbone_options((*widths, last), out_indices, frozen_stages, norm_eval)

@@ -197,6 +197,8 @@ def _load_foreign(raw: RawCheckpoint, fmt: str, path: str | Path, spec: ModelSpe
         state = source.to_ours(raw.tensors)
     else:
         raise CheckpointError(f"unknown checkpoint format {fmt!r}; choose from auto, {', '.join(FORMATS)}")
+    if spec is None and fmt == "paddleclas" and "swish" in Path(path).name.lower():
+        spec = get_spec("shufflenet_v2_x1_0_swish")  # x1.0's shapes: only PaddleClas's file name tells them apart
     variants = source.variant_kwargs if source else {}
     matched, kwargs = match_architecture(state, variants, spec, origin)
     model = matched.build(**{**kwargs, **model_kwargs})
@@ -240,6 +242,8 @@ def variant_kwargs(model: nn.Module) -> dict[str, Any]:
         kwargs["layout"] = model.layout
     if getattr(model, "routing", None) == "even_odd" and model.layout == "torchvision":
         kwargs["routing"] = model.routing
+    if getattr(model, "activation", "relu") != "relu":  # V2 with swish
+        kwargs["activation"] = model.activation
     for key in ("stage_widths", "stage_repeats"):  # V2 built with its own widths or depths
         if getattr(model, key, None):
             kwargs[key] = list(getattr(model, key))

@@ -123,6 +123,9 @@ def _paddleclas_tags() -> list[PretrainedTag]:
         ref = get_spec(name).published_by("paddleclas")
         url = f"https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/ShuffleNetV2_x{width}_pretrained.pdparams"
         tags.append(PretrainedTag(name, "paddle_in1k", "paddleclas", url, ref.top1, ref.top5))
+    ref = get_spec("shufflenet_v2_x1_0_swish").published_by("paddleclas")
+    url = "https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/ShuffleNetV2_swish_pretrained.pdparams"
+    tags.append(PretrainedTag("shufflenet_v2_x1_0_swish", "paddle_in1k", "paddleclas", url, ref.top1, ref.top5))
     return tags
 
 
