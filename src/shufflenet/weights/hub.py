@@ -117,15 +117,13 @@ def _tags() -> list[PretrainedTag]:
 def _paddleclas_tags() -> list[PretrainedTag]:
     """PaddleClas's dygraph weights, the only public ones at 0.25x and 0.33x; accuracy from its zoo table
     (our registry's "paddleclas" references). No hash is published."""
+    files = {f"shufflenet_v2_x{w}": f"ShuffleNetV2_x{w}" for w in ("0_25", "0_33", "0_5", "1_0", "1_5", "2_0")}
+    files["shufflenet_v2_x1_0_swish"] = "ShuffleNetV2_swish"
     tags = []
-    for width in ("0_25", "0_33", "0_5", "1_0", "1_5", "2_0"):
-        name = f"shufflenet_v2_x{width}"
+    for name, stem in files.items():
         ref = get_spec(name).published_by("paddleclas")
-        url = f"https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/ShuffleNetV2_x{width}_pretrained.pdparams"
+        url = f"https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/{stem}_pretrained.pdparams"
         tags.append(PretrainedTag(name, "paddle_in1k", "paddleclas", url, ref.top1, ref.top5))
-    ref = get_spec("shufflenet_v2_x1_0_swish").published_by("paddleclas")
-    url = "https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/ShuffleNetV2_swish_pretrained.pdparams"
-    tags.append(PretrainedTag("shufflenet_v2_x1_0_swish", "paddle_in1k", "paddleclas", url, ref.top1, ref.top5))
     return tags
 
 
