@@ -97,8 +97,10 @@ def prepare_qat(model: nn.Module, reduce_range: bool | None = None) -> nn.Module
     """A copy of ``model`` (training mode, metadata attributes kept) that trains as its INT8 version.
 
     BN is folded first, so its statistics are frozen: QAT fine-tunes a trained model. Each
-    ``ConvBNAct`` quantizes its weights and (after the activation) its output, and each unit its
-    output, which gives ONNX Runtime the Q/DQ pairs it needs around every conv and residual add. A
+    ``ConvBNAct`` quantizes its weights and (after the activation) its output, and each unit and V1's
+    average-pooled shortcut their outputs, which gives ONNX Runtime the Q/DQ pairs it needs to run every
+    conv, residual add, pool and concat in integers (QLinearConv, QLinearAdd, QLinearAveragePool,
+    QLinearConcat). A
     conv or the classifier quantizes its input too unless that input is already on an upstream
     quantizer's grid (``_drop_repeated_quantizers``): one quantizer per tensor, as post-training
     quantization has it, so ONNX Runtime keeps no re-quantization between two. ``reduce_range=None``:
@@ -112,10 +114,10 @@ def prepare_qat(model: nn.Module, reduce_range: bool | None = None) -> nn.Module
             module.add_module("output_quant", FakeQuantize())  # a Sequential: runs after conv, bn, act
         elif type(module) is nn.Linear:
             QuantLinear.from_float(module, levels)
-    for stage in prepared.stages:  # a unit's output (after its add or concat): int8 for ONNX Runtime too
-        for unit in stage:
-            unit.output_quant = FakeQuantize()
-            unit.register_forward_hook(_quantize_output)  # a hook keeps the unit's type and code as they are
+    for stage in prepared.stages:  # a unit's output (after its add or concat), V1's pooled shortcut: int8 too
+        for module in [*stage, *(m for m in stage.modules() if isinstance(m, nn.AvgPool2d))]:
+            module.output_quant = FakeQuantize()
+            module.register_forward_hook(_quantize_output)  # a hook keeps the module's type and code as they are
     _drop_repeated_quantizers(prepared)
     prepared.qat_weight_levels = levels
     return prepared.train()

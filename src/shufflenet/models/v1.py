@@ -39,9 +39,11 @@ def v1_channels(groups: int, width: float) -> tuple[int, tuple[int, ...]]:
 class ShuffleUnitV1(nn.Module):
     """1x1 group conv -> shuffle -> 3x3 depthwise (no ReLU) -> 1x1 group conv, plus shortcut.
 
-    Stride 1 adds the identity; stride 2 concatenates a 3x3 average-pooled shortcut, so the
-    residual branch produces ``out - in`` channels. ``shuffle_groups`` is the group count passed to
-    ``channel_shuffle``: ``groups`` for the paper's shuffle, ``mid // groups`` for Megvii's inverse one.
+    Stride 1 adds the identity, then applies ReLU. Stride 2 concatenates a 3x3 average-pooled shortcut
+    to the branch, which produces ``out - in`` channels and takes the ReLU in its last conv (Megvii's
+    ``cat(proj, relu(x))``), so QAT quantizes, after that conv, the tensor that is concatenated.
+    ``shuffle_groups`` is the group count passed to ``channel_shuffle``: ``groups`` for the paper's
+    shuffle, ``mid // groups`` for Megvii's inverse one.
     """
 
     def __init__(
@@ -55,9 +57,10 @@ class ShuffleUnitV1(nn.Module):
         self.compress = ConvBNAct(in_channels, mid, 1, groups=1 if first_unit else groups)
         self.shuffle_groups = {"paper": groups, "megvii": mid // groups, "none": 1}[shuffle] if groups > 1 else 1
         self.depthwise = ConvBNAct(mid, mid, 3, stride, groups=mid, act=None)
-        self.expand = ConvBNAct(mid, branch_out, 1, groups=groups, act=None)
+        self.expand = ConvBNAct(mid, branch_out, 1, groups=groups, act=nn.ReLU if stride == 2 else None)
         self.shortcut = nn.AvgPool2d(3, 2, 1) if stride == 2 else nn.Identity()
-        self.relu = nn.ReLU(inplace=True)
+        if stride == 1:
+            self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.compress(x)
@@ -65,7 +68,7 @@ class ShuffleUnitV1(nn.Module):
             out = channel_shuffle(out, self.shuffle_groups)
         out = self.expand(self.depthwise(out))
         if self.stride == 2:
-            return torch.cat((self.shortcut(x), self.relu(out)), 1)
+            return torch.cat((self.shortcut(x), out), 1)
         return self.relu(x + out)
 
 
