@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -290,6 +291,7 @@ def test_a_qat_model_exports_as_the_int8_model_onnx_runtime_runs(trained, tmp_pa
     # rounding boundary, and the one-step difference then travels on (ORT without optimisations too)
     assert (int8 - simulated).abs().mean() <= 0.02 * simulated.abs().max()
 
+
 def test_a_qat_v1_runs_its_pooled_shortcuts_and_concats_in_integers(tmp_path):
     """V1's stride-2 units (average-pooled shortcut, concat) become QLinearAveragePool and QLinearConcat,
     its residual adds QLinearAdd: the graph of the post-training file, quantized at the input and the
@@ -310,17 +312,15 @@ def test_a_qat_v1_runs_its_pooled_shortcuts_and_concats_in_integers(tmp_path):
     assert (int8.argmax(1) == simulated.argmax(1)).float().mean() >= 0.9
 
 
-def onnx_runtime_ops(model: torch.nn.Module, folder: Path) -> dict[str, int]:
+def onnx_runtime_ops(model: torch.nn.Module, folder: Path) -> Counter[str]:
     """How many nodes of each type ONNX Runtime runs for ``model`` exported to ``folder``/qat.onnx."""
-    import collections
-
     import onnxruntime as ort
 
     export_onnx(model, folder / "qat.onnx", dynamic_batch=True)
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(folder / "optimized.onnx")
     ort.InferenceSession(str(folder / "qat.onnx"), options, providers=["CPUExecutionProvider"])
-    return collections.Counter(n.op_type for n in onnx.load(str(folder / "optimized.onnx")).graph.node)
+    return Counter(n.op_type for n in onnx.load(str(folder / "optimized.onnx")).graph.node)
 
 
 def test_int8_calibrates_at_the_static_input_size(trained, capsys):
