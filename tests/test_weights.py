@@ -487,6 +487,94 @@ def test_tags_choose_the_architecture_variant(capsys):
     assert "shufflenet_v2_x1_5.tv_in1k" in out and "72.996" in out
 
 
+# -- chenyaofo/pytorch-cifar-models: CIFAR weights for the small-input V2 (network monkeypatched) ----
+CHENYAOFO_URL = "https://github.com/chenyaofo/pytorch-cifar-models/releases/download/shufflenetv2/"
+# its README's params / MAdds (M) per network, the logs' (branch `logs`) normalisation per dataset
+CHENYAOFO_COUNTS = {"cifar10": {"0_5": (0.35, 10.90), "1_0": (1.26, 45.00), "1_5": (2.49, 94.26), "2_0": (5.37, 187.81)},
+                    "cifar100": {"0_5": (0.44, 10.99), "1_0": (1.36, 45.09), "1_5": (2.58, 94.35), "2_0": (5.55, 188.00)}}
+CHENYAOFO_NORM = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+                  "cifar100": ((0.507, 0.4865, 0.4409), (0.2673, 0.2564, 0.2761))}
+
+
+def chenyaofo_shufflenet_v2(width: str, num_classes: int) -> torch.nn.Module:
+    """chenyaofo's network (pytorch_cifar_models/shufflenetv2.py): torchvision's with conv1's stride 2 -> 1
+    and no max-pool; random BN statistics and logits of order 10, so a wrong stem or BN shows."""
+    model = getattr(torchvision.models, f"shufflenet_v2_x{width}")(num_classes=num_classes)
+    model.conv1[0].stride = (1, 1)
+    model.maxpool = torch.nn.Identity()
+    torch.nn.init.normal_(model.fc.weight, 0, 0.5)
+    return randomize_bn(model)
+
+
+@pytest.mark.parametrize(("width", "dataset"), [("1_0", "cifar10"), ("0_5", "cifar100")])
+def test_chenyaofo_tags_load_exactly_and_classify_as_its_evaluation(width, dataset, tmp_path, monkeypatch):
+    """The file is chenyaofo's torch.save(state_dict()): same logits, its classes, and inference with its
+    evaluation transform (ToTensor, Normalize with the logs' mean/std) on a 32x32 image."""
+    monkeypatch.setenv("SHUFFLENET_HOME", str(tmp_path / "home"))
+    classes = 10 if dataset == "cifar10" else 100
+    reference = chenyaofo_shufflenet_v2(width, classes)
+    buffer = io.BytesIO()
+    torch.save(reference.state_dict(), buffer)
+    requested = []
+    monkeypatch.setattr(hub, "_open_url", lambda url: requested.append(url) or io.BytesIO(buffer.getvalue()))
+    name = f"shufflenet_v2_x{width}.chenyaofo_{dataset}"
+    model = shufflenet.get_model(name, pretrained=True)
+    suffix = {"cifar10": "98807be3", "cifar100": "1977720f"}[dataset]  # its README's links
+    assert requested == [f"{CHENYAOFO_URL}{dataset}_shufflenetv2_x{width}-{suffix}.pt"]
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert max_diff(model(x), reference(x)) <= 1e-5
+    assert model.head.fc.out_features == classes and model.stem.conv.stride == (1, 1) and not model.training
+    assert model.source == {"format": "torchvision", "tag": name, "url": requested[0]}
+    if dataset == "cifar10":
+        assert model.class_names == ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    else:  # the dataset's fine labels: alphabetical, as its meta file (and mmpretrain's copy) lists them
+        assert len(model.class_names) == 100 and list(model.class_names) == sorted(set(model.class_names))
+        assert model.class_names[:3] == ("apple", "aquarium_fish", "baby") and model.class_names[-1] == "worm"
+    mean, std = CHENYAOFO_NORM[dataset]
+    assert (model.preprocessing.crop_size, model.preprocessing.resize_size) == (32, 32)
+    assert (model.preprocessing.mean, model.preprocessing.std) == (mean, std)
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    evaluation = torchvision.transforms.Compose([torchvision.transforms.ToTensor(), torchvision.transforms.Normalize(mean, std)])
+    with torch.no_grad():
+        expected = reference(evaluation(image).unsqueeze(0)).softmax(1)[0]
+    result = shufflenet.inference_model(name, image, backend="torch")  # from the cache now
+    assert len(requested) == 1
+    assert result["pred_label"] == expected.argmax().item() and result["pred_class"] == model.class_names[result["pred_label"]]
+    assert result["pred_score"] == pytest.approx(expected.max().item(), abs=1e-5)
+
+
+def test_chenyaofo_tags_build_its_networks_without_weights():
+    """Each tag's variant (small_input: stride-1 stem, no max-pool) has the parameters and multiply-adds
+    at 32 px that chenyaofo's README states for its network."""
+    for dataset, counts in CHENYAOFO_COUNTS.items():
+        classes = 10 if dataset == "cifar10" else 100
+        for width, (params, macs) in counts.items():
+            name = f"shufflenet_v2_x{width}"
+            assert hub.tag_model_kwargs(name, f"chenyaofo_{dataset}") == {"small_input": True, "num_classes": classes}
+            tag = hub.get_tag(name, f"chenyaofo_{dataset}")
+            assert tag.sha256_prefix is None and tag.dataset == f"CIFAR-{classes}"  # no documented hash
+            ours = shufflenet.complexity(shufflenet.get_model(tag.full_name), 32)
+            assert (round(ours.params / 1e6, 2), round(ours.macs / 1e6, 2)) == (params, macs), tag.full_name
+    assert hub.get_tag("shufflenet_v2_x1_0").tag == "tv_in1k"  # pretrained=True still means ImageNet
+
+
+def test_a_file_that_is_not_chenyaofos_fails_clearly(tmp_path, monkeypatch, capsys):
+    """ImageNet weights put by hand where the CIFAR-10 tag's file belongs: a one-line error, no traceback."""
+    monkeypatch.setenv("SHUFFLENET_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(hub, "_open_url", lambda url: pytest.fail("the network was touched"))
+    tag = hub.get_tag("shufflenet_v2_x0_5", "chenyaofo_cifar10")
+    hub.cache_dir().mkdir(parents=True)
+    torch.save(torchvision.models.shufflenet_v2_x0_5().state_dict(), hub.cache_dir() / tag.cache_name)
+    mismatch = r"does not fit shufflenet_v2_x0_5: mismatched shapes \(2\): head\.fc\.weight \(1000, 1024\) vs model \(10, 1024\)"
+    with pytest.raises(UserError, match=mismatch):
+        shufflenet.get_model(tag.full_name, pretrained=True)
+    Image.new("RGB", (32, 32)).save(tmp_path / "img.png")
+    assert cli_main(["predict", tag.full_name, str(tmp_path / "img.png")]) == 2
+    assert "cifar10_shufflenetv2_x0_5-1308b4e9.pt does not fit" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("with_ema", [True, False])
 def test_a_training_state_loads_as_its_ema_weights_else_its_model(tmp_path, with_ema):
     """`shufflenet train`'s last.pt/best.pt (model, optimizer, EMA, position, recipe...): its EMA, which

@@ -174,7 +174,7 @@ def _print_counts(infos: list[dict], input_size: int) -> None:
             " ".join(f"{k} {v:g}" for k, v in info["top1"].items()) or None,
         ])
     headers = ["model", "params", "published", "Δ", f"MACs@{input_size}", "published", "Δ", "ImageNet top-1"]
-    if any(info["other_weights"] for info in infos):  # bundled weights trained on another dataset
+    if any(info["other_weights"] for info in infos):  # weights trained on another dataset (CIFAR: bundled, chenyaofo's)
         headers.append("other weights: top-1")
         for row, info in zip(rows, infos):
             row.append(" ".join(f"{name} ({w['dataset']}) {w['top1']:g}" for name, w in info["other_weights"].items()) or None)

@@ -20,16 +20,11 @@ from ..data.preprocess import IMAGENET, Preprocessing
 from ..files import atomic_destination
 from ..models import layers
 from ..models.registry import ModelSpec, get_spec, list_models
+from .categories import imagenet_categories
 from .formats import FORMATS, V1, V2, CheckpointError, RawCheckpoint, detect_format, family_of, read_file
 
 FORMAT_VERSION = "1"
 RESERVED = ("shufflenet.format", "architecture", "model_kwargs", "num_classes", "class_names", "preprocessing", "source")
-
-
-def imagenet_categories() -> tuple[str, ...]:
-    from torchvision.models._meta import _IMAGENET_CATEGORIES
-
-    return tuple(_IMAGENET_CATEGORIES)
 
 
 # -- strict loading with clear errors --------------------------------------------------------------

@@ -4,10 +4,12 @@ Every tag names its official URL, how its hash is checked, its published accurac
 preprocessing it was evaluated with. Downloads go to ``$SHUFFLENET_HOME/weights`` (default
 ``~/.cache/shufflenet/weights``); once a file is there no network is needed. A hash is verified
 only where the publisher documents the file-name suffix as a sha256 prefix (torchvision,
-mmpretrain); mindcv and MegEngine suffixes are of an undocumented kind and are not checked, and
-PaddleClas names carry none.
+mmpretrain); mindcv, MegEngine and chenyaofo/pytorch-cifar-models suffixes are of an undocumented
+kind and are not checked, and PaddleClas names carry none.
 Megvii publishes its files only through OneDrive/BaiduYun folders, so those tags are "manual":
-the error message says where to put the downloaded file.
+the error message says where to put the downloaded file. Most download tags are ImageNet-1k; a
+tag of another dataset (chenyaofo's CIFAR-10/100 weights) names it and the architecture options its
+weights need (``small_input``, the class count), which the zoo's file cannot say.
 
 Bundled tags (weights trained here, e.g. ``shufflenet_v2_x1_0.cifar10``) ship inside the package
 as ``weights/bundled/<model>.<tag>.safetensors`` in our checkpoint format: a file there *is* the
@@ -35,10 +37,11 @@ from typing import Any
 from torch import nn
 from tqdm import tqdm
 
-from ..data.preprocess import IMAGENET, IMAGENET_RESIZE_232, MEGVII, Preprocessing
+from ..data.preprocess import CIFAR10_MEAN, IMAGENET, IMAGENET_RESIZE_232, MEGVII, Preprocessing
 from ..errors import UnknownModelError, UserError
 from ..models.registry import ModelSpec, get_spec
-from .checkpoint import imagenet_categories, load_checkpoint, save_checkpoint
+from .categories import dataset_classes
+from .checkpoint import load_checkpoint, save_checkpoint
 from .formats import FORMATS, MEGENGINE, CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -47,6 +50,11 @@ MEGVII_FOLDER = "https://1drv.ms/f/s!AgaP37NGYuEXhRfQxHRseR7eSxXo"  # BaiduYun m
 BUNDLED_DIR = Path(__file__).parent / "bundled"  # tests point this at a temporary folder
 BUNDLED_URL = "bundled"
 BUNDLED_KEYS = ("shufflenet.format", "architecture", "model_kwargs", "preprocessing", "top1", "top5", "dataset")
+# chenyaofo/pytorch-cifar-models' evaluation transform: the 32x32 images as they are (no resize or crop),
+# ToTensor, Normalize with the mean/std its training logs record (branch `logs`). CIFAR-10's std is the
+# widespread (0.2023, 0.1994, 0.2010), not the dataset's true one that our own CIFAR-10 recipes use.
+CHENYAOFO_CIFAR10 = Preprocessing(crop_size=32, resize_size=32, mean=CIFAR10_MEAN, std=(0.2023, 0.1994, 0.2010))
+CHENYAOFO_CIFAR100 = Preprocessing(crop_size=32, resize_size=32, mean=(0.507, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2761))
 
 
 @dataclass(frozen=True)
@@ -61,9 +69,10 @@ class PretrainedTag:
     sha256_prefix: str | None = None  # checked after download; None where no sha256 is published
     manual: bool = False  # no direct link: the user downloads the file by hand
     filename: str = field(default="")
-    dataset: str = "ImageNet-1k"
+    dataset: str = "ImageNet-1k"  # also picks a download tag's class names (categories.dataset_classes)
     path: Path | None = None  # bundled: the file inside the package
-    model_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)  # bundled: stored in the file
+    # architecture options beyond the format's variant (CIFAR weights: small_input, num_classes); bundled: stored in the file
+    model_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def full_name(self) -> str:
@@ -111,6 +120,7 @@ def _tags() -> list[PretrainedTag]:
         tags.append(PretrainedTag(f"shufflenet_v2_{width}", "megengine_in1k", "megengine", url, top1, top5, MEGENGINE))
     tags += _paddleclas_tags()
     tags += _megvii_tags()
+    tags += _chenyaofo_tags()
     return tags
 
 
@@ -137,6 +147,29 @@ def _megvii_tags() -> list[PretrainedTag]:
         ref = get_spec(name).published_by("megvii")
         tags.append(PretrainedTag(name, "megvii_in1k", "megvii", MEGVII_FOLDER, ref.top1, ref.top5, MEGVII,
                                   manual=True, filename=f"{name}.megvii_in1k.pth.tar"))
+    return tags
+
+
+def _chenyaofo_tags() -> list[PretrainedTag]:
+    """chenyaofo/pytorch-cifar-models: torchvision's V2 with a stride-1 stem and no max-pool (our
+    ``small_input``) trained on CIFAR-10 and CIFAR-100, saved as torchvision state dicts; accuracy
+    from its README (the 10,000 test images; how it was measured: docs/weights.md). The file-name
+    suffix is not documented as a sha256 prefix, so it is not checked."""
+    url = "https://github.com/chenyaofo/pytorch-cifar-models/releases/download/shufflenetv2/"
+    datasets = {  # tag suffix -> (dataset, classes, preprocessing, {width: (file suffix, top-1, top-5)})
+        "cifar10": ("CIFAR-10", 10, CHENYAOFO_CIFAR10, {
+            "x0_5": ("1308b4e9", 90.13, 99.70), "x1_0": ("98807be3", 92.98, 99.73),
+            "x1_5": ("296694dd", 93.55, 99.77), "x2_0": ("ec31611c", 93.81, 99.79)}),
+        "cifar100": ("CIFAR-100", 100, CHENYAOFO_CIFAR100, {
+            "x0_5": ("1977720f", 67.82, 89.93), "x1_0": ("9ae22beb", 72.39, 91.46),
+            "x1_5": ("e2c85ad8", 73.91, 92.13), "x2_0": ("e7e584cd", 75.35, 92.62)}),
+    }
+    tags = []
+    for key, (dataset, classes, preprocessing, table) in datasets.items():
+        for width, (suffix, top1, top5) in table.items():
+            tags.append(PretrainedTag(f"shufflenet_v2_{width}", f"chenyaofo_{key}", "torchvision",
+                                      f"{url}{key}_shufflenetv2_{width}-{suffix}.pt", top1, top5, preprocessing,
+                                      dataset=dataset, model_kwargs={"small_input": True, "num_classes": classes}))
     return tags
 
 
@@ -236,11 +269,13 @@ def get_tag(model_name: str, tag: str | None = None) -> PretrainedTag:
 
 
 def tag_model_kwargs(model_name: str, tag: str) -> dict[str, Any]:
-    """Architecture options the tag's weights need, e.g. ``{"layout": "megvii"}``."""
+    """Architecture options the tag's weights need, e.g. ``{"layout": "megvii"}`` or
+    ``{"small_input": True, "num_classes": 10}``."""
     info = get_tag(model_name, tag)
     if info.path:  # bundled weights: every option they were saved with, their class count included
         return dict(info.model_kwargs)
-    return dict(FORMATS[info.source_format].variant_kwargs.get(get_spec(model_name).family, {}))
+    # a zoo's file: its format's variant, and what the file cannot say (a CIFAR stem, the class count)
+    return {**FORMATS[info.source_format].variant_kwargs.get(get_spec(model_name).family, {}), **info.model_kwargs}
 
 
 # -- cache and download ----------------------------------------------------------------------------
@@ -322,10 +357,11 @@ def build_pretrained(
         model = load_checkpoint(pretrained, spec=spec, **kwargs)
     else:
         info = get_tag(spec.name, pretrained if isinstance(pretrained, str) else tag)
-        model = load_checkpoint(cached_file(info), info.source_format, spec=spec, **kwargs)
-        if not info.path:  # zoo files carry no metadata; every download tag is ImageNet-1k
+        # the tag's options build the model (a file of another class count then fails to fit it)
+        model = load_checkpoint(cached_file(info), info.source_format, spec=spec, **{**info.model_kwargs, **kwargs})
+        if not info.path:  # zoo files carry no metadata: the tag says how they were evaluated, and on what
             model.preprocessing = info.preprocessing
-            model.class_names = imagenet_categories()
+            model.class_names = dataset_classes(info.dataset)
         model.source = {"format": info.source_format, "tag": info.full_name, "url": info.url}
     model.model_name = spec.name
     return fit_classifier(model, num_classes).eval()
