@@ -186,6 +186,25 @@ def test_info_json_lists_the_feature_levels(capsys):
         ("stages.0", 116, 8), ("stages.1", 232, 16), ("stages.2", 464, 32), ("conv_last", 1024, 32)]
 
 
+def test_info_on_a_tag_describes_its_weights_without_fetching_them(capsys, tmp_path, monkeypatch):
+    from shufflenet.cli import main
+
+    monkeypatch.setenv("SHUFFLENET_HOME", str(tmp_path))  # an empty cache: nothing may be downloaded
+    assert main(["info", "shufflenet_v2_x1_0.chenyaofo_cifar10", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    # the small-input 10-class network at 32 px, with chenyaofo's published 1.26M parameters and 45.00M MAdds
+    assert info["settings"]["small_input"] is True and info["settings"]["num_classes"] == 10
+    assert info["input_size"] == 32 and round(info["params"] / 1e6, 2) == 1.26 and round(info["macs"] / 1e6, 2) == 45.00
+    assert info["class_names"][:2] == ["airplane", "automobile"] and info["preprocessing"]["std"][0] == 0.2023
+    assert info["weights"] == {"dataset": "CIFAR-10", "top1": 92.98, "top5": 99.73}
+    assert info["source"]["url"].endswith("cifar10_shufflenetv2_x1_0-98807be3.pt") and not any(tmp_path.iterdir())
+    assert main(["info", "shufflenet_v2_x1_0.tv_in1k"]) == 0  # an ImageNet tag: 224 px, its hash checked
+    out = capsys.readouterr().out
+    assert "MACs@224       144.9M" in out and "sha256=5666bf0f80" in out and "ImageNet-1k top-1 69.362" in out
+    assert main(["info", "shufflenet_v2_x1_0.nope"]) == 2
+    assert "unknown tag shufflenet_v2_x1_0.nope; available: tv_in1k" in capsys.readouterr().err
+
+
 def test_out_indices_and_small_input():
     model = shufflenet.get_model("shufflenet_v2_x0_5", small_input=True, out_indices=(0, 2)).eval()
     feats = model.extract_feat(torch.randn(1, 3, 32, 32))

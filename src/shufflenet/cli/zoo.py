@@ -8,8 +8,9 @@ import json
 
 from ..complexity import complexity
 from ..errors import UserError
-from ..models.registry import get_spec, list_models, split_name
+from ..models.registry import get_model, get_spec, list_models, split_name
 from ..weights import is_checkpoint_path, load_model
+from ..weights.categories import dataset_classes
 from ..weights.checkpoint import variant_kwargs
 from ..weights.hub import get_tag, list_pretrained
 from .table import format_table
@@ -27,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Count parameters and multiply-adds (the papers' FLOPs) and compare with the published values; "
                     "for a checkpoint or ONNX file, show the model it holds, its classes, preprocessing and origin.",
     )
-    p.add_argument("models", nargs="*", metavar="MODEL", help="names, patterns or files (default: every model)")
+    p.add_argument("models", nargs="*", metavar="MODEL",
+                   help="names, name.tag (the tag's weights, not fetched), patterns or files (default: every model)")
     p.add_argument("--input-size", type=int, help="square input size in pixels (default 224; a file's own crop size)")
     p.add_argument("--json", action="store_true", help="one JSON object per model instead of a table")
     p.set_defaults(func=run_info)
@@ -78,21 +80,44 @@ def file_info(path: str, input_size: int | None = None) -> dict:
 
         return {"file": path, **describe_onnx(load_onnx(path))}
     model = load_model(path)
-    size = input_size or model.preprocessing.crop_size
-    counts = complexity(model, size)
-    class_names = getattr(model, "class_names", None)
     return {
         "file": path,
-        "model": model.model_name,
+        **_built_model(model, model.model_name, getattr(model, "class_names", None), input_size),
+        "source": getattr(model, "source", None),
+        "quantization": "aware training (BN folded, fake-quantized)" if hasattr(model, "qat_weight_levels") else None,
+        "training": getattr(model, "training_progress", None),  # set when read from a training state
+    }
+
+
+def tag_info(name: str, input_size: int | None = None) -> dict:
+    """What the weights of ``name.tag`` are, without fetching them: the model the tag builds (a CIFAR
+    tag: small input, 10 classes), its counts at the tag's input size, its preprocessing, classes,
+    published accuracy and where the file comes from."""
+    spec, tag = split_name(name)
+    weights = get_tag(spec.name, tag)
+    model = get_model(name)  # the architecture and preprocessing the tag's weights need
+    return {
+        "tag": weights.full_name,
+        **_built_model(model, spec.name, dataset_classes(weights.dataset), input_size),
+        "weights": {"dataset": weights.dataset, "top1": weights.top1, "top5": weights.top5},
+        "source": {"format": weights.source_format, "url": "inside the package" if weights.path else weights.url,
+                   **({"sha256": weights.sha256_prefix} if weights.sha256_prefix else {}),
+                   **({"download": "by hand"} if weights.manual else {})},
+    }
+
+
+def _built_model(model, name: str, class_names, input_size: int | None) -> dict:
+    """A model's settings, classes, counts at ``input_size`` (default: its own crop size) and preprocessing."""
+    size = input_size or model.preprocessing.crop_size
+    counts = complexity(model, size)
+    return {
+        "model": name,
         "settings": variant_kwargs(model),
         "class_names": list(class_names) if class_names else None,
         "params": counts.params,
         "macs": counts.macs,
         "input_size": size,
         "preprocessing": model.preprocessing.to_dict(),
-        "source": getattr(model, "source", None),
-        "quantization": "aware training (BN folded, fake-quantized)" if hasattr(model, "qat_weight_levels") else None,
-        "training": getattr(model, "training_progress", None),  # set when read from a training state
     }
 
 
@@ -111,6 +136,7 @@ def _file_lines(info: dict) -> str:
         "preprocessing": " ".join(f"{k}={v}" for k, v in info["preprocessing"].items()),
         "source": " ".join(f"{k}={v}" for k, v in info["source"].items()) if info.get("source") else None,
         "training": info.get("training"),
+        "published": "{dataset} top-1 {top1:g} top-5 {top5:g}".format(**info["weights"]) if info.get("weights") else None,
     }
     return "\n".join(f"  {key:<14} {value}" for key, value in values.items() if value is not None)
 
@@ -125,6 +151,16 @@ def _expand(patterns: list[str]) -> list[str]:
             raise UserError(f"no model matches {pattern!r}")
         names += [n for n in found if n not in names]
     return names
+
+
+def _is_tag(name: str) -> bool:
+    """``name.tag`` of a registered model (a pattern or an unknown name is not)."""
+    if any(c in name for c in "*?["):
+        return False
+    try:
+        return split_name(name)[1] is not None
+    except UserError:
+        return False
 
 
 def _named(name: str) -> str:
@@ -145,15 +181,16 @@ def run_info(args: argparse.Namespace) -> int:
     if args.input_size is not None and args.input_size < 32:
         raise UserError(f"--input-size must be at least 32, got {args.input_size}")
     files = [m for m in args.models if is_checkpoint_path(m) or is_onnx_file(m)]  # a missing file: "does not exist"
-    names = [m for m in args.models if m not in files]
-    infos = [model_info(name, args.input_size or 224) for name in _expand(names)] if names or not files else []
-    file_infos = [file_info(path, args.input_size) for path in files]
+    tags = [m for m in args.models if m not in files and _is_tag(m)]
+    names = [m for m in args.models if m not in files and m not in tags]
+    infos = [model_info(name, args.input_size or 224) for name in _expand(names)] if names or not (files or tags) else []
+    described = [file_info(path, args.input_size) for path in files] + [tag_info(name, args.input_size) for name in tags]
     if args.json:
-        for info in infos + file_infos:
+        for info in infos + described:
             print(json.dumps(info))
         return 0
-    for info in file_infos:
-        print(f"{info['file']}\n{_file_lines(info)}\n")
+    for info in described:
+        print(f"{info.get('file') or info['tag']}\n{_file_lines(info)}\n")
     if infos:
         _print_counts(infos, args.input_size or 224)
     return 0

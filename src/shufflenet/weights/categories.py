@@ -28,8 +28,9 @@ def imagenet_categories() -> tuple[str, ...]:
     return tuple(_IMAGENET_CATEGORIES)
 
 
-def dataset_classes(dataset: str) -> tuple[str, ...]:
-    """The class names of ``dataset`` as a download tag names it ("ImageNet-1k", "CIFAR-10", "CIFAR-100")."""
+def dataset_classes(dataset: str) -> tuple[str, ...] | None:
+    """The class names of ``dataset`` as a tag names it ("ImageNet-1k", "CIFAR-10", "CIFAR-100"); None
+    for another dataset (a bundled tag of one keeps its names in its own file)."""
     if dataset == "ImageNet-1k":
         return imagenet_categories()
-    return {"CIFAR-10": CIFAR10_CLASSES, "CIFAR-100": CIFAR100_CLASSES}[dataset]
+    return {"CIFAR-10": CIFAR10_CLASSES, "CIFAR-100": CIFAR100_CLASSES}.get(dataset)
