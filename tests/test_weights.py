@@ -560,6 +560,32 @@ def test_chenyaofo_tags_build_its_networks_without_weights():
     assert hub.get_tag("shufflenet_v2_x1_0").tag == "tv_in1k"  # pretrained=True still means ImageNet
 
 
+def test_a_zoo_file_under_its_published_name_loads_as_its_tag(tmp_path, capsys):
+    """chenyaofo's file as torch.hub caches it (~/.cache/torch/hub/checkpoints/<its URL's name>) has
+    torchvision's keys and shapes: only its name tells the CIFAR stem, classes and preprocessing, by path
+    and through `convert` too. Under another name it is read as torchvision's network (documented)."""
+    names = [t.cache_name for tags in hub.TAGS.values() for t in tags.values()]
+    assert len(names) == len(set(names))  # a published name identifies one tag
+    reference = chenyaofo_shufflenet_v2("1_0", 10)
+    tag = hub.get_tag("shufflenet_v2_x1_0", "chenyaofo_cifar10")
+    torch.save(reference.state_dict(), tmp_path / tag.cache_name)
+    model = shufflenet.get_model("shufflenet_v2_x1_0", pretrained=str(tmp_path / tag.cache_name))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert max_diff(model(x), reference(x)) <= 1e-5
+    assert model.preprocessing == tag.preprocessing and model.class_names[0] == "airplane"
+    assert model.source == {"format": "torchvision", "file": tag.cache_name, "tag": tag.full_name, "url": tag.url}
+
+    assert cli_main(["convert", str(tmp_path / tag.cache_name), "-o", str(tmp_path / "c.safetensors")]) == 0
+    converted = load_checkpoint(tmp_path / "c.safetensors")
+    assert converted.stem.conv.stride == (1, 1) and converted.preprocessing == tag.preprocessing
+    with torch.no_grad():
+        assert max_diff(converted(x), reference(x)) <= 1e-5
+
+    (tmp_path / tag.cache_name).rename(tmp_path / "renamed.pt")
+    assert load_checkpoint(tmp_path / "renamed.pt").stem.conv.stride == (2, 2)  # ImageNet's stem: use the tag
+
+
 def test_a_file_that_is_not_chenyaofos_fails_clearly(tmp_path, monkeypatch, capsys):
     """ImageNet weights put by hand where the CIFAR-10 tag's file belongs: a one-line error, no traceback."""
     monkeypatch.setenv("SHUFFLENET_HOME", str(tmp_path / "home"))

@@ -20,7 +20,7 @@ from ..data.preprocess import IMAGENET, Preprocessing
 from ..files import atomic_destination
 from ..models import layers
 from ..models.registry import ModelSpec, get_spec, list_models
-from .categories import imagenet_categories
+from .categories import dataset_classes, imagenet_categories
 from .formats import FORMATS, V1, V2, CheckpointError, RawCheckpoint, detect_format, family_of, read_file
 
 FORMAT_VERSION = "1"
@@ -160,7 +160,9 @@ def move_shuffle_before_depthwise(model: nn.Module, state: dict[str, torch.Tenso
 def load_checkpoint(
     path: str | Path, source_format: str = "auto", spec: ModelSpec | None = None, **model_kwargs: Any
 ) -> nn.Module:
-    """Build the model a checkpoint file holds and load it (eval mode, metadata set)."""
+    """Build the model a checkpoint file holds and load it (eval mode, metadata set). A zoo's file
+    under its published name (as torch.hub and our cache keep it) loads as that pretrained tag: with
+    the architecture options, preprocessing and classes the tag records and the file cannot say."""
     raw = read_file(path)
     progress = None
     if raw.training_state is not None:
@@ -194,16 +196,31 @@ def _load_foreign(raw: RawCheckpoint, fmt: str, path: str | Path, spec: ModelSpe
         raise CheckpointError(f"unknown checkpoint format {fmt!r}; choose from auto, {', '.join(FORMATS)}")
     if spec is None and fmt == "paddleclas" and "swish" in Path(path).name.lower():
         spec = get_spec("shufflenet_v2_x1_0_swish")  # x1.0's shapes: only PaddleClas's file name tells them apart
+    published = _published_tag(path, fmt, spec)
+    if published:  # e.g. chenyaofo's CIFAR file: torchvision's keys and shapes, but a stride-1 stem
+        spec, model_kwargs = get_spec(published.model), {**published.model_kwargs, **model_kwargs}
     variants = source.variant_kwargs if source else {}
     matched, kwargs = match_architecture(state, variants, spec, origin)
     model = matched.build(**{**kwargs, **model_kwargs})
     if source and source.shuffle_after_depthwise and family_of(state) == V1:
         state = move_shuffle_before_depthwise(model, state)
     load_state(model, state, origin)
-    model.preprocessing = source.preprocessing_for(matched.name) if source else matched.preprocessing
-    model.class_names = imagenet_categories() if kwargs.get("num_classes") == 1000 else None
     model.source = {"format": fmt, "file": Path(path).name}
+    if published:
+        model.preprocessing, model.class_names = published.preprocessing, dataset_classes(published.dataset)
+        model.source.update(tag=published.full_name, url=published.url)
+    else:
+        model.preprocessing = source.preprocessing_for(matched.name) if source else matched.preprocessing
+        model.class_names = imagenet_categories() if kwargs.get("num_classes") == 1000 else None
     return model
+
+
+def _published_tag(path: str | Path, fmt: str, spec: ModelSpec | None):
+    """The download tag whose file ``path`` is, by its name, when its format and model agree."""
+    from .hub import published_file_tag  # the tags are built on this module
+
+    tag = published_file_tag(path)
+    return tag if tag and tag.source_format == fmt and (spec is None or spec.name == tag.model) else None
 
 
 def _load_ours(raw: RawCheckpoint, path: str | Path, spec: ModelSpec | None, model_kwargs: dict) -> nn.Module:

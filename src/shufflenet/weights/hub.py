@@ -40,7 +40,6 @@ from tqdm import tqdm
 from ..data.preprocess import CIFAR10_MEAN, IMAGENET, IMAGENET_RESIZE_232, MEGVII, Preprocessing
 from ..errors import UnknownModelError, UserError
 from ..models.registry import ModelSpec, get_spec
-from .categories import dataset_classes
 from .checkpoint import load_checkpoint, save_checkpoint
 from .formats import FORMATS, MEGENGINE, CheckpointError
 
@@ -268,6 +267,13 @@ def get_tag(model_name: str, tag: str | None = None) -> PretrainedTag:
     return available[tag]
 
 
+def published_file_tag(path: str | Path) -> PretrainedTag | None:
+    """The download tag whose file ``path`` is, by its file name (the URL's, as our cache and torch.hub's
+    keep it); None for any other name."""
+    name = Path(path).name
+    return next((t for tags in TAGS.values() for t in tags.values() if t.cache_name == name), None)
+
+
 def tag_model_kwargs(model_name: str, tag: str) -> dict[str, Any]:
     """Architecture options the tag's weights need, e.g. ``{"layout": "megvii"}`` or
     ``{"small_input": True, "num_classes": 10}``."""
@@ -357,11 +363,9 @@ def build_pretrained(
         model = load_checkpoint(pretrained, spec=spec, **kwargs)
     else:
         info = get_tag(spec.name, pretrained if isinstance(pretrained, str) else tag)
-        # the tag's options build the model (a file of another class count then fails to fit it)
-        model = load_checkpoint(cached_file(info), info.source_format, spec=spec, **{**info.model_kwargs, **kwargs})
-        if not info.path:  # zoo files carry no metadata: the tag says how they were evaluated, and on what
-            model.preprocessing = info.preprocessing
-            model.class_names = dataset_classes(info.dataset)
+        # a zoo's file in the cache bears the tag's file name, so it loads with the tag's options, classes
+        # and preprocessing (a file of another class count then fails to fit); a bundled file has them inside
+        model = load_checkpoint(cached_file(info), info.source_format, spec=spec, **kwargs)
         model.source = {"format": info.source_format, "tag": info.full_name, "url": info.url}
     model.model_name = spec.name
     return fit_classifier(model, num_classes).eval()
