@@ -95,13 +95,21 @@ def plain_onnx(model: nn.Module) -> bytes:
     return buffer.getvalue()
 
 
-def openvino_default(blob: bytes, threads: int) -> Callable[[np.ndarray], object]:
-    """The peer's deployment: OpenVINO's default compile settings, one infer request."""
+def openvino_default(blob: bytes, threads: int, precision: str | None = "f32") -> Callable[[np.ndarray], object]:
+    """The peer's deployment: OpenVINO's default compile settings, one infer request; in fp32 like ours
+    unless ``precision`` is None (OpenVINO's own default: bf16 on CPUs with native bf16)."""
     import openvino as ov
 
     core = ov.Core()
-    request = core.compile_model(core.read_model(blob), "CPU", {"INFERENCE_NUM_THREADS": threads}).create_infer_request()
+    config = {"INFERENCE_NUM_THREADS": threads, **({"INFERENCE_PRECISION_HINT": precision} if precision else {})}
+    request = core.compile_model(core.read_model(blob), "CPU", config).create_infer_request()
     return lambda array: request.infer({0: array}, share_inputs=True, share_outputs=True)[0]
+
+
+def openvino_default_precision() -> str:
+    import openvino as ov
+
+    return ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
 
 
 def on_input(run: Callable, x: object) -> Callable[[], object]:
@@ -114,7 +122,7 @@ def variants(peer: nn.Module, ours: nn.Module, threads: int, workdir: Path, int8
     fast_proto = to_onnx(optimize(ours))
     channels_last = optimize(ours).to(memory_format=torch.channels_last)
     calls = {  # the two compared most closely come first, in adjacent turns
-        "peer OpenVINO (plain export)": on_input(openvino_default(plain_onnx(peer), threads), x.numpy()),
+        "peer OpenVINO (plain export, fp32)": on_input(openvino_default(plain_onnx(peer), threads), x.numpy()),
         f"ours fast path ({fast_engine()}, rewritten)": on_input(load_runtime(ours, "fast", threads=threads), x),
         "peer eager (PyTorch)": on_input(torch.inference_mode()(peer), x),
         "ours eager, rewritten + channels_last": on_input(
@@ -123,6 +131,9 @@ def variants(peer: nn.Module, ours: nn.Module, threads: int, workdir: Path, int8
         "ours OpenVINO, BN folded, static shape": on_input(static_openvino(to_onnx(fuse_conv_bn(ours)), threads), x),
         "ours ONNX Runtime, rewritten, static shape": on_input(static_onnxruntime(fast_proto, threads), x),
     }
+    default = openvino_default_precision()
+    if default != "f32":  # this CPU computes in bf16 natively: the peer as OpenVINO runs it when not told otherwise
+        calls[f"peer OpenVINO, its default precision ({default})"] = on_input(openvino_default(plain_onnx(peer), threads, None), x.numpy())
     if int8:
         fp32_path, int8_path = workdir / "fast.onnx", workdir / "fast.int8.onnx"
         fp32_path.write_bytes(fast_proto.SerializeToString())
@@ -160,7 +171,7 @@ def max_difference(peer: nn.Module, ours: nn.Module, threads: int) -> float:
 
 def report(family: str, medians: dict[str, list[float]]) -> list[str]:
     names = list(medians)
-    peer_ov = medians["peer OpenVINO (plain export)"]
+    peer_ov = medians["peer OpenVINO (plain export, fp32)"]
     rows = []
     for name in names:
         ratios = [t / p for t, p in zip(medians[name], peer_ov)]

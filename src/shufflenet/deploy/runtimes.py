@@ -172,8 +172,9 @@ def openvino_runner(proto: onnx.ModelProto, device: str | None, threads: int | N
     except ImportError:
         raise UserError("backend openvino: OpenVINO is not installed (pip install 'shufflenet[openvino]')") from None
     core = ov.Core()
-    config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
-    compiled = core.compile_model(core.read_model(proto.SerializeToString()), (device or "CPU").upper(), config)
+    device = (device or "CPU").upper()
+    config = fastpath.openvino_config(threads) if device == "CPU" else {}
+    compiled = core.compile_model(core.read_model(proto.SerializeToString()), device, config)
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
