@@ -27,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="start afresh even if WORK_DIR holds a run (its checkpoints, metrics and weights are overwritten)")
     p.add_argument("--pretrained", metavar="PATH|TAG",
                    help="start from these weights (the classifier is re-initialised when model.num_classes differs from theirs)")
+    p.add_argument("--teacher", dest="teachers", action="append", metavar="PATH|TAG",
+                   help="distil from this trained model (distill.teachers; repeat it for an ensemble)")
     p.add_argument("--num-classes", type=int_at_least(1), help="classifier outputs (model.num_classes)")
     p.add_argument("--data", metavar="DIR", help="a folder holding train/ and val/ (data.root)")
     p.add_argument("--epochs", type=int_at_least(1), help="schedule.epochs")
@@ -63,6 +65,7 @@ FLAG_KEYS = {
     "device": "train.device",
     "num_classes": "model.num_classes",
     "pretrained": "model.pretrained",
+    "teachers": "distill.teachers",
 }
 
 

@@ -117,12 +117,22 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation from trained teachers (engine/distill.py); no teachers: off."""
+
+    teachers: list[str] = field(default_factory=list)  # names, name.tag or checkpoint paths; several: their average
+    alpha: float = 0.9  # the teachers' share of the loss; the labels keep 1 - alpha
+    temperature: float = 4.0  # softens both sides' predictions; the teachers' loss is scaled by its square
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -160,6 +170,8 @@ BOUNDS = {
     "train.checkpoint_every_steps": {AT_LEAST: 0},
     "train.log_every_steps": {AT_LEAST: 1},
     "train.eval_every_epochs": {AT_LEAST: 1},
+    "distill.alpha": PROBABILITY,
+    "distill.temperature": {GREATER_THAN: 0},
 }
 
 
@@ -293,6 +305,10 @@ def _check(value: Any, hint: Any, key: str) -> Any:
         if value in args:
             return value
         raise UserError(f"config key {key}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+    if origin is list:
+        if isinstance(value, list):
+            return [_check(v, args[0], key) for v in value]
+        raise UserError(f"config key {key}: expected a list, got {value!r}")
     if origin is tuple:
         if isinstance(value, (list, tuple)) and len(value) == len(args):
             return tuple(_check(v, a, key) for v, a in zip(value, args))

@@ -28,6 +28,7 @@ from ..weights.checkpoint import non_finite
 from . import builders
 from .checkpoint import Position, copy_atomic, load_training_state, restore_rng_state, rng_state, save_atomic
 from .config import Config, save_config
+from .distill import build_distillation
 from .distributed import Runtime, all_reduce_sum, barrier, init_runtime, shutdown
 from .evaluate import autocast, evaluate, to_input
 
@@ -109,6 +110,7 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
     scaler = torch.amp.GradScaler(device.type, enabled=tc.amp == "fp16")
     ema = builders.build_ema(model, tc)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+    distillation = build_distillation(config.distill, train_set.classes, prep, device, tc.channels_last)
 
     position, history, best_top1 = Position(), [], -1.0
     if resume_path is not None:
@@ -196,7 +198,10 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
                     last_micro = micro == tc.grad_accum_steps - 1
                     sync_context = ddp_model.no_sync() if runtime.distributed and not last_micro else nullcontext()
                     with sync_context, autocast(device, tc.amp):
-                        loss = loss_fn(forward(inputs).float(), targets)
+                        logits = forward(inputs).float()
+                        loss = loss_fn(logits, targets)
+                        if distillation is not None:
+                            loss = distillation(logits, inputs, loss)
                     scaler.scale(loss / tc.grad_accum_steps).backward()
                     window[0] += loss.detach() * len(labels)
                     window[1] += len(labels)
