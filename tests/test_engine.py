@@ -247,6 +247,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny, tmp_path: Path
     double = run_subprocess(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", 2,
                              "-m", "shufflenet", *common, "--batch-size", 4, "--work-dir", tmp_path / "two"])
     assert double.returncode == 0, double.stderr
+    assert double.stdout.count("done: top-1") == 1  # rank 0 reports for the job
     rows = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("one", "two")]
     for one, two in zip(*rows):
         assert two["train_loss"] == pytest.approx(one["train_loss"], abs=1e-4)

@@ -77,12 +77,13 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..engine.config import load_config
+    from ..engine.distributed import is_main_process
     from ..engine.trainer import final_weights_name, train
 
     config = load_config(args.config, [*args.overrides, *flag_overrides(args)])
     work_dir = Path(args.work_dir or Path("runs") / Path(args.config).stem)
     summary = train(config, work_dir, resume=args.resume, force=args.force, recipe=args.config)
-    if summary.get("final_top1") is not None:
+    if summary.get("final_top1") is not None and is_main_process():  # one line per job, not per torchrun process
         print(f"done: top-1 {summary['final_top1']:.2f}%  top-5 {summary['final_top5']:.2f}%  (best {summary['best_top1']:.2f}%)"
               f"  weights: {work_dir / final_weights_name(config)}")
     return 0

@@ -30,6 +30,11 @@ class Runtime:
         return self.world_size > 1
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a process on its own."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_runtime(device: str = "auto") -> Runtime:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
