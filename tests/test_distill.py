@@ -11,12 +11,11 @@ import yaml
 from torch import nn
 from torchvision.transforms import v2
 
-from helpers import randomised
+from helpers import assert_same_weights, cli, final_weights, randomised
 from shufflenet.data.preprocess import Preprocessing
 from shufflenet.engine.config import load_config
 from shufflenet.engine.distill import DistillationLoss, Teacher
 from shufflenet.errors import UserError
-from test_engine import assert_same_weights, cli, final_weights, tiny  # noqa: F401 (tiny: a fixture)
 
 
 class FixedLogits(nn.Module):
@@ -67,7 +66,7 @@ def test_teachers_are_a_list_in_the_recipe_and_refused_when_malformed() -> None:
         load_config(None, ["distill.temperature=0"])
 
 
-def test_with_alpha_one_the_student_learns_from_its_teacher_alone(tiny, tmp_path: Path) -> None:  # noqa: F811
+def test_with_alpha_one_the_student_learns_from_its_teacher_alone(tiny, tmp_path: Path) -> None:
     """At alpha 1 the labels do not reach the loss, so label smoothing changes nothing; below 1 it does."""
     config, data = tiny
     assert cli("train", config, "--data", data, "--epochs", 1, "--work-dir", tmp_path / "teacher") == 0
@@ -85,7 +84,7 @@ def test_with_alpha_one_the_student_learns_from_its_teacher_alone(tiny, tmp_path
     assert recorded == {"teachers": [str(teacher)], "alpha": 1.0, "temperature": 4.0}
 
 
-def test_a_teacher_of_other_classes_is_refused_in_one_line(tiny, tmp_path: Path, capsys) -> None:  # noqa: F811
+def test_a_teacher_of_other_classes_is_refused_in_one_line(tiny, tmp_path: Path, capsys) -> None:
     config, data = tiny
     assert cli("train", config, "--data", data, "--work-dir", tmp_path / "run", "--teacher", "shufflenet_v1_g3_x1_0.cifar10") == 2
     err = capsys.readouterr().err

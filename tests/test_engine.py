@@ -18,27 +18,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
+from helpers import SUBSET, TINY, assert_same_weights, cli, final_weights, make_folder
 from shufflenet import get_model
-from shufflenet.cli import main
 from shufflenet.engine.config import load_config
 from shufflenet.errors import UserError
 from shufflenet.weights import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-SUBSET = REPO / "demo" / "cifar10-subset"
 
-TINY = """
-model: {name: shufflenet_v2_x0_5, num_classes: 2}  # ImageNet stem: 32 px -> 1x1 at the end, fast
-data:
-  num_workers: 0
-  augment: {crop: pad, crop_size: 32, padding: 4}
-  eval: {resize_size: 32, crop_size: 32}
-optim: {lr: 0.05, base_batch_size: 8, weight_decay: 5.0e-4}
-schedule: {epochs: 2, warmup_epochs: 0.5}
-train: {batch_size: 8, seed: 3, log_every_steps: 1}
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -51,41 +39,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def make_folder(root: Path, classes: tuple[str, ...], train: int, val: int) -> Path:
-    """The first ``train``/``val`` images of each class of the shipped subset."""
-    for split, count in (("train", train), ("val", val)):
-        for name in classes:
-            (root / split / name).mkdir(parents=True)
-            for image in sorted((SUBSET / split / name).iterdir())[:count]:
-                shutil.copy(image, root / split / name / image.name)
-    return root
-
-
-@pytest.fixture()
-def tiny(tmp_path: Path) -> tuple[Path, Path]:
-    """(config, data root): 2 classes, 16 train and 8 val images each."""
-    config = tmp_path / "tiny.yaml"
-    config.write_text(TINY)
-    return config, make_folder(tmp_path / "data", ("airplane", "frog"), 16, 8)
-
-
-def cli(*args: object) -> int:
-    return main([str(a) for a in args])
-
-
 def run_subprocess(args: list, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, *map(str, args)], env=env, capture_output=True, text=True, timeout=120, **kwargs)
-
-
-def final_weights(work_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(work_dir / "model.safetensors")
-
-
-def assert_same_weights(a: dict, b: dict, atol: float) -> None:
-    assert a.keys() == b.keys()
-    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
-    assert worst <= atol, f"largest weight difference {worst}"
 
 
 # -- config ----------------------------------------------------------------------------------------

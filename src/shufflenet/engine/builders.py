@@ -70,10 +70,15 @@ def relabel(dataset: ImageDataset, classes: Sequence[str], path: Path, whose: st
     index = {name: i for i, name in enumerate(classes)}
     unknown = [name for name in dataset.classes if name not in index]
     if unknown:
-        shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
-        raise UserError(f"{path}: {len(unknown)} class(es) not among {whose} {len(classes)} classes ({shown}): {', '.join(unknown[:10])}")
+        raise UserError(f"{path}: {len(unknown)} class(es) not among {whose} {len(classes)} classes ({first_names(classes, 10)}): "
+                        f"{', '.join(unknown[:10])}")
     labels = [index[name] for name in dataset.classes]
     return ImageDataset([(file, labels[label]) for file, label in dataset.samples], list(classes), dataset.transform)
+
+
+def first_names(names: Sequence[str], count: int) -> str:
+    """The first ``count`` of ``names`` for a message, with "..." when there are more."""
+    return ", ".join(list(names)[:count]) + (", ..." if len(names) > count else "")
 
 
 def device_augment(data: DataConfig) -> BatchAugment | None:

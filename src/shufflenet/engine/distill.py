@@ -15,6 +15,7 @@ from torch import nn
 
 from ..data.preprocess import Preprocessing
 from ..errors import UserError
+from .builders import first_names
 from .config import DistillConfig
 
 
@@ -28,19 +29,21 @@ class Teacher(nn.Module):
 
         self.model = optimize(model).requires_grad_(False)
         own = getattr(model, "preprocessing", None) or student
-        self.flip_in, self.flip_out = student.channel_order == "BGR", own.channel_order == "BGR"
         self.renormalize = (own.mean, own.std) != (student.mean, student.std)
-        std = torch.tensor(own.std).view(1, 3, 1, 1)
-        self.register_buffer("scale", torch.tensor(student.std).view(1, 3, 1, 1) / std)
-        self.register_buffer("shift", (torch.tensor(student.mean).view(1, 3, 1, 1) - torch.tensor(own.mean).view(1, 3, 1, 1)) / std)
+        self.swap_channels = own.channel_order != student.channel_order
+
+        def rgb(values: tuple[float, ...]) -> torch.Tensor:  # per channel, in the student's channel order
+            tensor = torch.tensor(values).view(1, 3, 1, 1)
+            return tensor.flip(1) if student.channel_order == "BGR" else tensor
+
+        self.register_buffer("scale", rgb(student.std) / rgb(own.std))
+        self.register_buffer("shift", (rgb(student.mean) - rgb(own.mean)) / rgb(own.std))
 
     @torch.no_grad()
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self.renormalize or self.flip_in != self.flip_out:
-            rgb = inputs.flip(1) if self.flip_in else inputs
-            rgb = rgb * self.scale + self.shift
-            inputs = rgb.flip(1) if self.flip_out else rgb
-        return self.model(inputs)
+        if self.renormalize:
+            inputs = inputs * self.scale + self.shift
+        return self.model(inputs.flip(1) if self.swap_channels else inputs)
 
 
 class DistillationLoss(nn.Module):
@@ -54,8 +57,7 @@ class DistillationLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, inputs: torch.Tensor, label_loss: torch.Tensor) -> torch.Tensor:
         t = self.temperature
-        with torch.no_grad():
-            target = torch.stack([(teacher(inputs).float() / t).softmax(1) for teacher in self.teachers]).mean(0)
+        target = torch.stack([(teacher(inputs).float() / t).softmax(1) for teacher in self.teachers]).mean(0)
         soft = F.kl_div((logits / t).log_softmax(1), target, reduction="batchmean") * t * t
         return (1 - self.alpha) * label_loss + self.alpha * soft
 
@@ -72,8 +74,8 @@ def build_distillation(distill: DistillConfig, class_names: Sequence[str], stude
         model = load_model(source)
         _check_classes(model, source, class_names)
         teachers.append(Teacher(model, student))
-    loss = DistillationLoss(teachers, distill.alpha, distill.temperature).to(device)
-    return loss.to(memory_format=torch.channels_last) if channels_last else loss
+    layout = torch.channels_last if channels_last else torch.preserve_format
+    return DistillationLoss(teachers, distill.alpha, distill.temperature).to(device, memory_format=layout)
 
 
 def _check_classes(model: nn.Module, source: str, class_names: Sequence[str]) -> None:
@@ -82,7 +84,6 @@ def _check_classes(model: nn.Module, source: str, class_names: Sequence[str]) ->
     outputs, names = model.head.fc.out_features, getattr(model, "class_names", None)
     same_names = names is None or tuple(names) == tuple(class_names) or not set(names) & set(class_names)
     if outputs != len(class_names) or not same_names:
-        theirs = f" ({', '.join(list(names)[:5])}{', ...' if len(names) > 5 else ''})" if names else ""
-        ours = f"{', '.join(list(class_names)[:5])}{', ...' if len(class_names) > 5 else ''}"
+        theirs = f" ({first_names(names, 5)})" if names else ""
         raise UserError(f"distill.teachers: {source} predicts {outputs} classes{theirs}, "
-                        f"not the training data's {len(class_names)} ({ours}) in that order")
+                        f"not the training data's {len(class_names)} ({first_names(class_names, 5)}) in that order")
