@@ -28,7 +28,6 @@ from shufflenet.weights import save_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 
 
-
 @pytest.fixture(autouse=True)
 def one_thread():
     """Two intra-op threads on two cores shared with other test processes spin against each
