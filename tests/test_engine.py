@@ -250,6 +250,31 @@ def test_a_stop_signal_saves_a_checkpoint_then_resume_finishes_the_run(tiny, tmp
     assert_same_weights(final_weights(tmp_path / "reference"), final_weights(work), atol=1e-6)
 
 
+def test_a_sigterm_to_torchrun_stops_every_rank_at_the_next_step(tiny, tmp_path: Path) -> None:
+    """torchrun forwards a SIGTERM to its workers and kills them 30 s later. The ranks must agree on
+    the stop at the next step, not the next log step (here never: log_every_steps 1000), or a slow
+    run is killed before it saves (session 30: 20 steps of 2 s each)."""
+    config, data = tiny
+    work = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "shufflenet",
+         "train", str(config), "--data", str(data), "--epochs", "200", "--batch-size", "4", "--work-dir", str(work),
+         "--set", "train.log_every_steps=1000"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    checkpoint = work / "checkpoints" / "last.pt"  # first written at the end of epoch 1
+    deadline = time.time() + 90
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    sent = time.time()
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=60)[1]
+    assert time.time() - sent < 25, "the ranks did not stop before torchrun's 30 s grace ran out"
+    position = torch.load(checkpoint, weights_only=True)["position"]
+    assert position["step_in_epoch"] > 0, "no checkpoint at the interruption point (only the epoch-end one)"
+    assert (f"stopped by SIGTERM; checkpoint saved at epoch {position['epoch'] + 1}, step {position['global_step']}"
+            in stderr), stderr
+
+
 def test_an_uncaught_error_in_the_python_api_exits_instead_of_hanging(tiny, tmp_path: Path) -> None:
     """An uncaught exception keeps the loop's frames, and with them the persistent loader workers,
     alive until Python's exit, which ends them with SIGTERM. Workers that ignored every SIGTERM made

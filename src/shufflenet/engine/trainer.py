@@ -219,10 +219,13 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
                 bar.update()
 
                 checkpoint_due = tc.checkpoint_every_steps > 0 and position.global_step % tc.checkpoint_every_steps == 0
-                local_stop = stop.requested and not runtime.distributed
-                if checkpoint_due or local_stop or position.global_step % tc.log_every_steps == 0:
-                    stop_flag = torch.tensor([float(stop.requested)], dtype=torch.float64, device=device)
-                    totals = all_reduce_sum(torch.cat([window, stop_flag]), runtime).cpu()
+                # The ranks agree on a stop at every step, not every log_every_steps: torchrun kills its
+                # workers 30 s after forwarding a SIGTERM, fewer than 20 steps of a slow run (one scalar).
+                stopping = stop.requested
+                if runtime.distributed:
+                    stopping = all_reduce_sum(torch.tensor([float(stopping)], device=device), runtime).item() > 0
+                if checkpoint_due or stopping or position.global_step % tc.log_every_steps == 0:
+                    totals = all_reduce_sum(window.clone(), runtime).cpu()
                     window.zero_()
                     if not torch.isfinite(totals[0]):
                         raise diverged(f"the loss became {totals[0].item()} in epoch {epoch + 1}")
@@ -231,9 +234,9 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
                     speed = timed_images / (time.perf_counter() - start)
                     bar.set_postfix(loss=f"{totals[0].item() / max(totals[1].item(), 1):.4f}",
                                     lr=f"{optimizer.param_groups[0]['lr']:.4g}", img_s=f"{speed:.0f}")
-                    if checkpoint_due or totals[3] > 0:
+                    if checkpoint_due or stopping:
                         save(checkpoints / "last.pt")
-                    if totals[3] > 0:
+                    if stopping:
                         raise TrainingInterrupted(f"stopped by {stop.name}; checkpoint saved at epoch {epoch + 1}, "
                                                   f"step {position.global_step} in {checkpoints / 'last.pt'} (continue with --resume)",
                                                   stop.signum or signal.SIGTERM)
