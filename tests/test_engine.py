@@ -38,9 +38,20 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
 def run_subprocess(args: list, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, *map(str, args)], env=env, capture_output=True, text=True, timeout=120, **kwargs)
+    return subprocess.run([sys.executable, *map(str, args)], env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def start_run_until(checkpoint: Path, args: list, **kwargs) -> subprocess.Popen:
+    """Start ``python ARGS`` and return once it has written ``checkpoint`` (or ended, or 90 s passed)."""
+    process = subprocess.Popen([sys.executable, *map(str, args)], env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, **kwargs)
+    deadline = time.time() + 90
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    return process
 
 
 # -- config ----------------------------------------------------------------------------------------
@@ -168,13 +179,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny, tmp_path: Path) 
     assert run_subprocess([*args, "--work-dir", reference]).returncode == 0
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, *map(str, args), "--work-dir", killed], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = killed / "checkpoints" / "last.pt"
-    deadline = time.time() + 90
-    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    process = start_run_until(checkpoint, [*args, "--work-dir", killed], stderr=subprocess.DEVNULL)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
     assert not (killed / "model.safetensors").exists(), "the run finished before it was killed"
@@ -226,13 +232,9 @@ def test_a_stop_signal_saves_a_checkpoint_then_resume_finishes_the_run(tiny, tmp
     assert cli(*args, "--work-dir", tmp_path / "reference") == 0
 
     work = tmp_path / "stopped"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "shufflenet", *map(str, args), "--work-dir", work], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     checkpoint = work / "checkpoints" / "last.pt"  # first written at the end of epoch 1 (4 steps)
-    deadline = time.time() + 90
-    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    process = start_run_until(checkpoint, ["-m", "shufflenet", *args, "--work-dir", work],
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
     os.killpg(process.pid, stop)
     stderr = process.communicate(timeout=60)[1]
     assert process.returncode == 128 + stop, stderr
@@ -256,15 +258,11 @@ def test_a_sigterm_to_torchrun_stops_every_rank_at_the_next_step(tiny, tmp_path:
     run is killed before it saves (session 30: 20 steps of 2 s each)."""
     config, data = tiny
     work = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "shufflenet",
-         "train", str(config), "--data", str(data), "--epochs", "200", "--batch-size", "4", "--work-dir", str(work),
-         "--set", "train.log_every_steps=1000"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     checkpoint = work / "checkpoints" / "last.pt"  # first written at the end of epoch 1
-    deadline = time.time() + 90
-    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    process = start_run_until(checkpoint, ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", 2,
+                                           "-m", "shufflenet", "train", config, "--data", data, "--epochs", 200,
+                                           "--batch-size", 4, "--work-dir", work, "--set", "train.log_every_steps=1000"],
+                              stderr=subprocess.PIPE, text=True)
     sent = time.time()
     process.send_signal(signal.SIGTERM)
     stderr = process.communicate(timeout=60)[1]
