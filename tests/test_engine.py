@@ -271,6 +271,7 @@ def test_a_sigterm_to_torchrun_stops_every_rank_at_the_next_step(tiny, tmp_path:
     assert position["step_in_epoch"] > 0, "no checkpoint at the interruption point (only the epoch-end one)"
     assert (f"stopped by SIGTERM; checkpoint saved at epoch {position['epoch'] + 1}, step {position['global_step']}"
             in stderr), stderr
+    assert stderr.count("stopped by SIGTERM") == 1, "printed by every rank, not once"
 
 
 def test_an_uncaught_error_in_the_python_api_exits_instead_of_hanging(tiny, tmp_path: Path) -> None:

@@ -5,6 +5,9 @@ class UserError(Exception):
     """Bad input from the user: a path, an image, a model name, a config key, a checkpoint."""
 
     exit_code = 2
+    # False on the ranks but 0 of a torchrun job for an error every rank raises alike (a stop, a
+    # divergence), so that its message is printed once, not once per rank
+    printed = True
 
 
 class UnknownModelError(UserError, KeyError):

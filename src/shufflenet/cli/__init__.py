@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, where the handler below still runs
         return status
     except UserError as error:
-        print(f"shufflenet {args.command}: error: {error}", file=sys.stderr)
+        if error.printed:
+            print(f"shufflenet {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print(f"shufflenet {args.command}: interrupted", file=sys.stderr)

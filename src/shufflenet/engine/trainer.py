@@ -133,10 +133,16 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
         make_folder(work_dir)
         save_config(config, work_dir / "config.yaml")
 
-    def diverged(what: str) -> TrainingDiverged:
+    def on_every_rank(error: UserError) -> UserError:
+        """An error every rank raises alike (it follows an all-reduce): rank 0 alone prints it."""
+        error.printed = runtime.is_main
+        return error
+
+    def diverged(what: str) -> UserError:
         last = checkpoints / "last.pt"
         kept = f"the last good checkpoint is kept in {last}" if last.is_file() else "no checkpoint was written yet"
-        return TrainingDiverged(f"{what} at step {position.global_step}; {kept} (try a lower optim.lr or set optim.clip_grad_norm)")
+        return on_every_rank(TrainingDiverged(f"{what} at step {position.global_step}; {kept} "
+                                              "(try a lower optim.lr or set optim.clip_grad_norm)"))
 
     device_ids = [device.index] if device.type == "cuda" else None
     ddp_model = DistributedDataParallel(model, device_ids=device_ids) if runtime.distributed else model
@@ -237,15 +243,15 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
                     if checkpoint_due or stopping:
                         save(checkpoints / "last.pt")
                     if stopping:
-                        raise TrainingInterrupted(f"stopped by {stop.name}; checkpoint saved at epoch {epoch + 1}, "
-                                                  f"step {position.global_step} in {checkpoints / 'last.pt'} (continue with --resume)",
-                                                  stop.signum or signal.SIGTERM)
+                        raise on_every_rank(TrainingInterrupted(
+                            f"stopped by {stop.name}; checkpoint saved at epoch {epoch + 1}, step {position.global_step} "
+                            f"in {checkpoints / 'last.pt'} (continue with --resume)", stop.signum or signal.SIGTERM))
         totals = all_reduce_sum(window, runtime).cpu()
         if not torch.isfinite(totals[0]):
             raise diverged(f"the loss became {totals[0].item()} in epoch {epoch + 1}")
         epoch_totals += totals
         if not epoch_totals[1]:
-            raise UserError(f"no training image could be read in epoch {epoch + 1} ({int(epoch_totals[2])} skipped)")
+            raise on_every_rank(UserError(f"no training image could be read in epoch {epoch + 1} ({int(epoch_totals[2])} skipped)"))
         train_seconds = time.perf_counter() - start
 
         # ---- evaluation and checkpoints, at the end of each epoch --------------------------------
