@@ -512,6 +512,18 @@ def test_test_scores_a_folder_with_some_of_the_models_classes_by_name(tmp_path: 
     assert result["confusion"] == [[0, 3], [0, 3]]  # rows: true, columns: predicted, both by name
 
 
+def test_test_scores_a_weights_file_given_as_the_model_and_writes_beside_it(tmp_path: Path) -> None:
+    """`shufflenet test RUN/model.safetensors`: the confusion matrix went to runs/test/SOURCE, which for
+    an absolute path is the file itself, and the run failed after scoring (session 31)."""
+    from shufflenet.engine import test as evaluate
+
+    data = make_folder(tmp_path / "data", ("airplane", "frog"), 0, 2)
+    weights = always_frog(tmp_path).resolve()
+    result = evaluate(str(weights), data=str(data), workers=0)
+    assert result["top1"] == 50.0 and result["confusion_png"] == str(weights.parent / "confusion.png")
+    assert (weights.parent / "confusion.png").is_file()
+
+
 def test_test_names_the_folders_the_model_has_no_class_for(tmp_path: Path) -> None:
     from shufflenet.engine import test as evaluate
 

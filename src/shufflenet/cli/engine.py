@@ -44,13 +44,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate CHECKPOINT (model.safetensors, a training checkpoint, an .onnx export or any "
         "supported checkpoint file) on a labelled image folder; without CHECKPOINT, MODEL's pretrained weights.",
     )
-    p.add_argument("source", metavar="CONFIG|MODEL", help="the training recipe, or a model name (name.tag picks its weights)")
+    p.add_argument("source", metavar="CONFIG|MODEL",
+                   help="the training recipe, a model name (name.tag picks its weights), or a weights file")
     p.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", help="default: MODEL's pretrained weights")
     p.add_argument("--data", metavar="DIR", help="labelled images: DIR/val, or DIR itself when it holds the classes")
     p.add_argument("--batch-size", type=int_at_least(1), default=100)
     p.add_argument("--workers", type=int_at_least(0), default=2, help="data-loading processes (0: in the main process)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", metavar="DIR", help="where confusion.png goes (default: next to the checkpoint, or runs/test/MODEL; "
+    p.add_argument("--out", metavar="DIR", help="where confusion.png goes (default: next to the weights file, or runs/test/MODEL; "
                    "an existing one is replaced)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.set_defaults(func=run_test)

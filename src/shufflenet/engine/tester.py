@@ -12,6 +12,7 @@ from ..data.datasets import ImageDataset
 from ..data.preprocess import Preprocessing
 from ..errors import UserError
 from ..files import make_folder
+from ..weights import is_checkpoint_path
 from . import builders
 from .checkpoint import load_training_state, model_from_training_state
 from .config import Config, from_dict, load_config
@@ -32,7 +33,8 @@ def test(
     """Metrics of ``checkpoint`` (built as ``source``: a YAML recipe or a model name) on ``data``.
 
     ``checkpoint`` may also be an exported ``.onnx`` model (fp32 or INT8), run by ONNX Runtime; without
-    it, ``source``'s pretrained weights are scored (``name.tag`` picks them) and ``out`` defaults to runs/test/SOURCE."""
+    it, ``source``'s weights are scored (``name.tag`` picks them, or ``source`` is a weights file) and ``out``
+    defaults to runs/test/SOURCE (for a file, its folder)."""
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     config = load_config(source) if source.endswith((".yaml", ".yml")) else None
     model, config = load_model(checkpoint, source, config)
@@ -55,7 +57,8 @@ def test(
     if not result["images"]:
         raise UserError(f"none of the {result['skipped_images']} images in {path} could be read")
     result = _for_the_folder_classes(result, folder.classes, dataset.classes)
-    png = Path(out or (checkpoint.parent if checkpoint else Path("runs", "test", source))) / "confusion.png"
+    weights_file = checkpoint or (Path(source) if is_checkpoint_path(source) else None)
+    png = Path(out or (weights_file.parent if weights_file else Path("runs", "test", source))) / "confusion.png"
     make_folder(png.parent)
     from .plots import plot_confusion
 
