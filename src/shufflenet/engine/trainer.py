@@ -231,6 +231,7 @@ def _train(config: Config, work_dir: Path, resume: str | Path | bool, runtime: R
                 if runtime.distributed:
                     stopping = all_reduce_sum(torch.tensor([float(stopping)], device=device), runtime).item() > 0
                 if checkpoint_due or stopping or position.global_step % tc.log_every_steps == 0:
+                    # a copy: the sum is in place, .cpu() of a CPU tensor is itself, and window is zeroed next
                     totals = all_reduce_sum(window.clone(), runtime).cpu()
                     window.zero_()
                     if not torch.isfinite(totals[0]):
