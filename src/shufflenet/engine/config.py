@@ -277,7 +277,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     unknown = [k for k in raw if k not in names]
     if unknown:
         section = prefix.rstrip(".") or "the top level"
-        raise UserError(f"unknown config key {prefix}{unknown[0]!r}; valid keys in {section}: {', '.join(names)}")
+        raise UserError(f"unknown config key {prefix + str(unknown[0])!r}; valid keys in {section}: {', '.join(names)}")
     values = {}
     for key, value in raw.items():
         hint = hints[key]
