@@ -165,8 +165,6 @@ def test_torchscript_export(v2, tmp_path):
     assert json.loads(extra["shufflenet.json"])["model_name"] == "shufflenet_v2_x0_5"
 
 
-
-
 def test_openvino_matches_pytorch(v2):
     pytest.importorskip("openvino")
     runtime = load_runtime(v2, "openvino")
